@@ -1,0 +1,60 @@
+"""Atomic writes and safe checkpoints.
+
+Nothing written is lost to an interruption: every file is written to a temporary file in the same folder,
+flushed to disk and renamed over the target (a rename is atomic on POSIX), so a reader sees the old file
+or the new one, never half of one. Checkpoints hold tensors and plain data only and load with
+``torch.load(weights_only=True)``, so loading a file can never run code from it.
+"""
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+
+def atomic_write_bytes(path, data: bytes):
+    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str):
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path, state: dict):
+    """Save a dict of tensors and plain Python data atomically with ``torch.save``."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint written by :func:`save_checkpoint`, refusing anything but tensors and plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, corrupted, or holding pickled objects weights_only refuses
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read safely "
+                              f"(truncated, corrupted or not a pyro-zoo checkpoint): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} does not hold a dict of tensors")
+    return state

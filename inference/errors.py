@@ -1,0 +1,55 @@
+"""The project's error types and the input checks every entry point shares.
+
+Every failure a user can cause raises a subclass of :class:`ZooError`, with a message that names the
+argument and what was expected, instead of a traceback from deep inside torch or Pyro.
+"""
+import math
+
+import torch
+
+
+class ZooError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class InvalidInputError(ZooError, ValueError):
+    """An argument has the wrong shape, dtype, value or name."""
+
+
+class NonFiniteError(ZooError, FloatingPointError):
+    """A loss, parameter or state became NaN or infinite during a fit."""
+
+
+class CheckpointError(ZooError, OSError):
+    """A checkpoint file is missing, truncated, tampered with or from another run."""
+
+
+def check_choice(name, value, choices):
+    """Return ``value`` if it is one of ``choices``, else raise naming the valid ones."""
+    if value not in choices:
+        raise InvalidInputError(f"{name}={value!r} is not one of {sorted(choices)}")
+    return value
+
+
+def check_positive(name, value, *, allow_zero=False, integer=False):
+    """Return ``value`` if it is a finite number > 0 (>= 0 with ``allow_zero``)."""
+    ok_type = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type) or not math.isfinite(value) \
+            or value < 0 or (value == 0 and not allow_zero):
+        kind = "an integer" if integer else "a number"
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidInputError(f"{name} must be {kind} {bound}, got {value!r}")
+    return value
+
+
+def check_finite_tensors(args, what="data argument"):
+    """Raise if any tensor among ``args`` holds NaN or inf; returns ``args`` unchanged.
+
+    Integer and boolean tensors are always finite and skipped without a scan.
+    """
+    for i, a in enumerate(args):
+        if torch.is_tensor(a) and a.is_floating_point() and not torch.isfinite(a).all():
+            bad = (~torch.isfinite(a)).sum().item()
+            raise InvalidInputError(f"{what} {i} contains {bad} NaN or infinite value(s) "
+                                    f"(shape {tuple(a.shape)})")
+    return args

@@ -1,0 +1,464 @@
+"""Stochastic variational inference for any Pyro model/guide pair.
+
+``svi(model, guide, *data, ...)`` maximises the ELBO (MATH.md §1)
+
+    F(q, θ) = E_q[ log p(x, z; θ) − log q(z) ]  ≤  log p(x; θ)
+
+by stochastic gradient steps on the model's and guide's parameters, and returns a :class:`Fit`.
+
+Minibatches: with ``batch_size=B`` every tensor argument is cut along dim 0 into batches of B rows
+(a fresh permutation each epoch), and the log-densities of the sites inside the model's (and guide's)
+``pyro.plate(subsample_plate, ...)`` are scaled by N/B, so every step's loss and gradient are unbiased
+estimates of the full-data ones — what ``pyro.plate(..., subsample_size=B)`` does, without the model
+having to know B. Global sites outside that plate are not scaled.
+
+Each call trains in its own param-store scope, so fits of different models (or of the same model by
+different methods) never share parameters; ``nn.Module`` parameters registered with ``pyro.module`` are
+trained in place.
+"""
+import math
+import time
+from contextlib import ExitStack
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO,
+                        Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO)
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from tqdm.auto import tqdm
+
+from . import optim as _optim
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import (CheckpointError, InvalidInputError, NonFiniteError, check_choice,
+                     check_finite_tensors, check_positive)
+from .result import Fit
+
+ELBOS = {
+    "trace": Trace_ELBO,
+    "meanfield": TraceMeanField_ELBO,
+    "tracegraph": TraceGraph_ELBO,
+    "enum": TraceEnum_ELBO,
+    "jit-trace": JitTrace_ELBO,
+    "jit-meanfield": JitTraceMeanField_ELBO,
+    "jit-tracegraph": JitTraceGraph_ELBO,
+    "jit-enum": JitTraceEnum_ELBO,
+}
+
+
+def make_elbo(name, *, num_particles=1, max_plate_nesting=None, vectorize_particles=False):
+    """A Pyro ELBO by name (one of ``ELBOS``)."""
+    check_choice("elbo", name, ELBOS)
+    check_positive("num_particles", num_particles, integer=True)
+    kwargs = dict(num_particles=num_particles, vectorize_particles=vectorize_particles)
+    if max_plate_nesting is not None:
+        kwargs["max_plate_nesting"] = max_plate_nesting
+    if name.startswith("jit-"):
+        kwargs["ignore_jit_warnings"] = True
+    return ELBOS[name](**kwargs)
+
+
+class scale_plate(Messenger):
+    """Multiply the log-density of every sample site inside the plate named ``name`` by ``scale``.
+
+    Records in ``self.hit`` whether any site was inside that plate, so a misnamed plate is caught.
+    """
+
+    def __init__(self, name, scale):
+        super().__init__()
+        self.name, self.scale, self.hit = name, scale, False
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and any(f.name == self.name for f in msg["cond_indep_stack"]):
+            msg["scale"] = self.scale * msg["scale"]
+            self.hit = True
+
+
+def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2, elbo="trace",
+        num_particles=1, vectorize_particles=False, momentum=0.9, weight_decay=0.0, clip_norm=None,
+        schedule=None, lr_min=None, batch_size=None, subsample_plate="data", data_size=None,
+        validation_data=None, eval_every=None, patience=None, min_delta=1e-4,
+        max_plate_nesting=None, seed=0, progress=None, callback=None, grad_hook=None,
+        checkpoint=None, checkpoint_every=None, resume=False):
+    """Fit ``guide`` to ``model`` by stochastic gradient ascent on the ELBO.
+
+    Args:
+        model, guide: Pyro callables taking ``*data``.
+        *data: the model's positional arguments. Tensors must be finite; with ``batch_size`` every tensor
+            argument is a data set of N rows (dim 0) that is cut into minibatches.
+        steps: number of optimisation steps; ``epochs`` (with ``batch_size``) sets steps = epochs x N // B.
+        optimizer, lr, momentum, weight_decay: see :mod:`inference.optim` (sgd, momentum, nesterov,
+            rmsprop, adam, clipped-adam).
+        elbo, num_particles, vectorize_particles, max_plate_nesting: the ELBO estimator (trace,
+            meanfield, tracegraph, enum and their jit- variants).
+        clip_norm: rescale the joint gradient to this Euclidean norm when it is larger.
+        schedule, lr_min: learning-rate schedule (constant, exponential, step, cosine, or a callable).
+        batch_size, subsample_plate, data_size: minibatching; sites in the plate named
+            ``subsample_plate`` are scaled by data_size / B (data_size defaults to N; a process that holds
+            one shard of a larger data set passes the full size).
+        validation_data: a tuple of held-out arguments; its loss (on the training data's scale) is
+            evaluated every ``eval_every`` steps (default: once per epoch, or every 100 steps).
+        patience, min_delta: early stopping after ``patience`` evaluations without a relative improvement
+            of ``min_delta`` in the held-out loss (or the mean training loss of the last window without
+            validation data). With validation data the best parameters are restored at the end.
+        seed: seeds Pyro, torch and the minibatch order. progress: show a tqdm bar (default: on a TTY).
+        callback: ``callback(step, loss)`` after every step; returning True stops training.
+        grad_hook: ``grad_hook(params)`` after each backward pass (e.g. an all-reduce of the gradients).
+        checkpoint, checkpoint_every, resume: path of an atomically written checkpoint saved every
+            ``checkpoint_every`` steps and at the end; ``resume=True`` continues from it, reproducing the
+            uninterrupted run with the same seed.
+
+    Returns:
+        Fit with method "svi": losses [steps] (negative ELBO on the full-data scale), params (constrained
+        values), draw (samples of the guide's latent sites), log_weights (for PSIS), diagnostics
+        (validation losses, stop step, best step).
+
+    Raises:
+        InvalidInputError for bad settings or data; NonFiniteError when the loss or a gradient becomes NaN
+        or infinite, naming the step and the sites (the parameters keep their last finite values).
+    """
+    check_finite_tensors(data)
+    loss_fn = make_elbo(elbo, num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                        vectorize_particles=vectorize_particles)
+    # Jit ELBOs recompile for every new input shape, so held-out batches use the plain estimator.
+    eval_fn = make_elbo(elbo.removeprefix("jit-"), num_particles=num_particles,
+                        max_plate_nesting=max_plate_nesting, vectorize_particles=vectorize_particles)
+    batches = _Batches(data, batch_size, seed, data_size)
+    if epochs is not None:
+        if batch_size is None:
+            raise InvalidInputError("epochs needs batch_size; without minibatches use steps")
+        steps = check_positive("epochs", epochs, integer=True) * batches.per_epoch
+    check_positive("steps", steps, integer=True)
+    if validation_data is not None:
+        validation_data = tuple(validation_data) if isinstance(validation_data, (tuple, list)) \
+            else (validation_data,)
+        check_finite_tensors(validation_data, "validation_data argument")
+    if eval_every is None:
+        eval_every = batches.per_epoch if batch_size else 100
+    check_positive("eval_every", eval_every, integer=True)
+    if patience is not None:
+        check_positive("patience", patience, integer=True)
+    if clip_norm is not None:
+        check_positive("clip_norm", clip_norm)
+    if checkpoint_every is not None:
+        check_positive("checkpoint_every", checkpoint_every, integer=True)
+    if resume and checkpoint is None:
+        raise InvalidInputError("resume=True needs a checkpoint path")
+
+    store = pyro.get_param_store()
+    with store.scope() as state:
+        pyro.set_rng_seed(seed)
+        # The first pass creates the parameters (Pyro creates them lazily), so the optimizer can own them.
+        with poutine.trace(param_only=True) as capture:
+            with batches.scaled(subsample_plate) as scaler:
+                eval_fn.loss(model, guide, *batches.first())
+        if batch_size is not None and not scaler.hit:
+            raise InvalidInputError(f"batch_size was given, but no sample site of the model or guide is "
+                                    f"inside a pyro.plate named {subsample_plate!r} (subsample_plate)")
+        names = sorted(capture.trace.nodes)
+        if not names:
+            raise InvalidInputError("neither the model nor the guide has parameters: there is nothing "
+                                    "for SVI to fit")
+        params = [store.get_param(n).unconstrained() for n in names]
+        opt = _optim.make_optimizer(optimizer, params, lr=lr, momentum=momentum,
+                                    weight_decay=weight_decay)
+        sched = _optim.make_schedule(schedule, opt, steps=steps, lr_min=lr_min)
+
+        losses, val_losses = [], []
+        tracker = _EarlyStopping(patience, min_delta)
+        start = 0
+        if resume and checkpoint is not None and _exists(checkpoint):
+            start = _restore(checkpoint, names, params, opt, sched, batches, losses, val_losses, tracker)
+
+        bar = tqdm(total=steps, initial=start, disable=_no_progress(progress), desc="svi",
+                   dynamic_ncols=True, leave=False)
+        t0 = time.perf_counter()
+        stopped = None
+        for step in range(start, steps):
+            batch = batches.next()
+            try:
+                with batches.scaled(subsample_plate):
+                    loss = loss_fn.loss_and_grads(model, guide, *batch)
+            except ValueError as e:  # e.g. a parameter left a distribution's support
+                raise InvalidInputError(f"the model or guide failed at step {step}: {e}") from e
+            if grad_hook is not None:
+                grad_hook(params)
+            norm = _optim.grad_norm(params)
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                opt.zero_grad(set_to_none=True)
+                raise NonFiniteError(_nonfinite_message(step, loss, norm, model, guide, batch, names,
+                                                        params, batches, subsample_plate))
+            if clip_norm is not None:
+                _optim.clip_grad_norm(params, clip_norm, norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if sched is not None:
+                sched.step()
+            losses.append(loss)
+            if step % 10 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{loss:.5g}", refresh=False)
+            bar.update(1)
+
+            done = bool(callback(step, loss)) if callback is not None else False
+            if (step + 1) % eval_every == 0:
+                if validation_data is not None:
+                    val = _heldout_loss(eval_fn, model, guide, validation_data, batches, subsample_plate)
+                    val_losses.append((step + 1, val))
+                    bar.set_postfix(loss=f"{loss:.5g}", heldout=f"{val:.5g}", refresh=False)
+                else:
+                    val = float(np.mean(losses[-eval_every:]))
+                done = tracker.update(step + 1, val, params, keep_best=validation_data is not None) or done
+            if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+                _save(checkpoint, step + 1, names, params, opt, sched, batches, losses, val_losses, tracker)
+            if done:
+                stopped = step + 1
+                break
+        bar.close()
+        if validation_data is not None and tracker.best_params is not None:
+            with torch.no_grad():
+                for p, best in zip(params, tracker.best_params):
+                    p.copy_(best)
+        if checkpoint is not None:
+            _save(checkpoint, len(losses), names, params, opt, sched, batches, losses, val_losses, tracker)
+        seconds = time.perf_counter() - t0
+        constrained = {n: store[n].detach().clone() for n in names}
+
+    return Fit(
+        method="svi", losses=np.asarray(losses), seconds=seconds, params=constrained,
+        diagnostics={"stopped_at": stopped, "best_step": tracker.best_step,
+                     "validation_losses": val_losses, "elbo": elbo, "optimizer": optimizer},
+        draw=guide_sampler(guide, data, state),
+        log_weights=importance_log_weights(model, guide, data, state, elbo, max_plate_nesting),
+    )
+
+
+def guide_sampler(guide, data, state):
+    """``draw(num_samples, seed)``: samples of the guide's latent sites, {site: [num_samples, *shape]}.
+
+    Vectorised over a plate outside the guide's own plates when the guide allows it, else a loop.
+    """
+    def draw(num_samples, seed):
+        with pyro.get_param_store().scope(state), torch.no_grad(), _seeded(seed):
+            one = poutine.trace(guide).get_trace(*data)
+            sites = {n: s for n, s in one.nodes.items() if _is_latent(s)}
+            nesting = max([-f.dim for s in sites.values() for f in s["cond_indep_stack"]
+                           if f.vectorized and f.dim is not None], default=0)
+            try:
+                with pyro.plate("_draws", num_samples, dim=-(nesting + 1)):
+                    many = poutine.trace(guide).get_trace(*data)
+                return {n: many.nodes[n]["value"].reshape(num_samples, *s["value"].shape)
+                        for n, s in sites.items()}
+            except (RuntimeError, ValueError, NotImplementedError):  # guide not vectorisable: loop
+                traces = [poutine.trace(guide).get_trace(*data) for _ in range(num_samples)]
+                return {n: torch.stack([t.nodes[n]["value"] for t in traces]) for n in sites}
+    return draw
+
+
+def importance_log_weights(model, guide, data, state, elbo_name, max_plate_nesting=None):
+    """``log_weights(num_samples, seed)``: log p(x, z) − log q(z) at z ~ q, one value per draw.
+
+    A one-particle ELBO is exactly that log weight (discrete sites enumerated by the model are summed out
+    by TraceEnum_ELBO), so the same estimator the fit used, with one particle, serves here.
+    """
+    name = "enum" if "enum" in elbo_name else "trace"   # meanfield's analytic KL is not a weight
+
+    def log_weights(num_samples, seed):
+        loss_fn = make_elbo(name, max_plate_nesting=max_plate_nesting)
+        with pyro.get_param_store().scope(state), torch.no_grad(), _seeded(seed):
+            return np.array([-loss_fn.loss(model, guide, *data) for _ in range(num_samples)])
+    return log_weights
+
+
+# ---- internals -------------------------------------------------------------------------------------
+
+class _Batches:
+    """Epoch-wise shuffled minibatches of the tensor arguments (or the whole data when batch_size=None).
+
+    ``total`` is the full data-set size the plate's sites stand for (None when the arguments have no
+    common number of rows); ``scale`` = total / batch size is the factor applied to those sites.
+    """
+
+    def __init__(self, data, batch_size, seed, data_size):
+        self.data, self.batch_size = data, batch_size
+        sizes = {a.shape[0] if a.dim() else None for a in data if torch.is_tensor(a)}
+        self.n = sizes.pop() if len(sizes) == 1 else None
+        self.total = self.n if data_size is None else check_positive("data_size", data_size, integer=True)
+        self.per_epoch, self.scale = 1, 1.0
+        if batch_size is None:
+            return
+        check_positive("batch_size", batch_size, integer=True)
+        if self.n is None:
+            raise InvalidInputError(f"with batch_size every tensor data argument must have the same "
+                                    f"number of rows (dim 0); got sizes {sorted(map(str, sizes))}"
+                                    if sizes else "batch_size needs a tensor data argument to cut")
+        if self.n == 0:
+            raise InvalidInputError("the data are empty (0 rows)")
+        self.batch_size = min(batch_size, self.n)
+        self.per_epoch = self.n // self.batch_size   # drop the ragged last batch: constant shapes for jit
+        self.scale = self.total / self.batch_size
+        self.device = next(a for a in data if torch.is_tensor(a)).device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm, self.pos = None, self.per_epoch
+
+    def first(self):
+        return self.data if self.batch_size is None else self._slice(torch.arange(self.batch_size))
+
+    def next(self):
+        if self.batch_size is None:
+            return self.data
+        if self.pos >= self.per_epoch:
+            self.perm = torch.randperm(self.n, generator=self.generator).to(self.device)
+            self.pos = 0
+        idx = self.perm[self.pos * self.batch_size:(self.pos + 1) * self.batch_size]
+        self.pos += 1
+        return self._slice(idx)
+
+    def _slice(self, idx):
+        idx = idx.to(self.device)
+        return tuple(a[idx] if torch.is_tensor(a) else a for a in self.data)
+
+    def scaled(self, plate_name, scale=None):
+        return scale_plate(plate_name, self.scale if scale is None else scale)
+
+    def state(self):
+        if self.batch_size is None:
+            return {}
+        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load(self, state):
+        if self.batch_size is not None:
+            self.generator.set_state(state["generator"])
+            self.perm, self.pos = state["perm"], state["pos"]
+
+
+class _EarlyStopping:
+    """Stop after ``patience`` evaluations without a relative improvement of ``min_delta``."""
+
+    def __init__(self, patience, min_delta):
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.best_step, self.best_params, self.bad = math.inf, None, None, 0
+
+    def update(self, step, value, params, keep_best):
+        if value < self.best - self.min_delta * abs(self.best if math.isfinite(self.best) else value):
+            self.best, self.best_step, self.bad = value, step, 0
+            if keep_best:
+                self.best_params = [p.detach().clone() for p in params]
+        else:
+            self.bad += 1
+        return self.patience is not None and self.bad >= self.patience
+
+    def state(self):
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad,
+                "best_params": self.best_params}
+
+    def load(self, s):
+        self.best, self.best_step, self.bad, self.best_params = \
+            s["best"], s["best_step"], s["bad"], s["best_params"]
+
+
+def _heldout_loss(loss_fn, model, guide, data, batches, plate):
+    """Negative ELBO of held-out data on the training data's scale (sites in ``plate`` x N_train/N_val),
+    evaluated in chunks of the batch size so that memory stays bounded."""
+    rows = {a.shape[0] for a in data if torch.is_tensor(a) and a.dim()}
+    n_val = rows.pop() if len(rows) == 1 else None
+    scale = batches.total / n_val if (batches.total and n_val) else 1.0
+    chunk = batches.batch_size or n_val or 1
+    loss = 0.0
+    with torch.no_grad(), batches.scaled(plate, scale):
+        if n_val is None:
+            return loss_fn.loss(model, guide, *data)
+        for i in range(0, n_val, chunk):
+            loss += loss_fn.loss(model, guide, *(a[i:i + chunk] if torch.is_tensor(a) else a
+                                                 for a in data))
+    return loss
+
+
+def _nonfinite_message(step, loss, norm, model, guide, batch, names, params, batches, plate):
+    """Say at which step, and at which sites and parameters, the fit stopped being finite."""
+    sites = []
+    try:
+        with torch.no_grad(), batches.scaled(plate):
+            guide_tr = poutine.trace(guide).get_trace(*batch)
+            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*batch)
+            for where, tr in (("guide", guide_tr), ("model", model_tr)):
+                tr.compute_log_prob()
+                for name, site in tr.nodes.items():
+                    if site["type"] == "sample" and not torch.isfinite(site["log_prob_sum"]):
+                        sites.append(f"{name} ({where})")
+    except Exception as e:  # the diagnosis must not hide the original problem
+        sites.append(f"<could not trace: {type(e).__name__}>")
+    grads = [n for n, p in zip(names, params) if p.grad is not None and not torch.isfinite(p.grad).all()]
+    bad_params = [n for n, p in zip(names, params) if not torch.isfinite(p).all()]
+    parts = [f"training stopped at step {step}: loss is {loss}, gradient norm is {float(norm)}"]
+    if sites:
+        parts.append(f"non-finite log-density at site(s) {', '.join(sites)}")
+    if grads:
+        parts.append(f"non-finite gradient of parameter(s) {', '.join(grads)}")
+    if bad_params:
+        parts.append(f"non-finite parameter(s) {', '.join(bad_params)}")
+    parts.append("the parameters keep their last finite values; try a smaller lr or clip_norm")
+    return "; ".join(parts)
+
+
+def _is_latent(site):
+    return (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+            and not site["infer"].get("is_auxiliary", False)
+            and not site["infer"].get("_do_not_trace", False))
+
+
+class _seeded:
+    """Seed torch (and Pyro's other generators) inside the block, restoring the outer state after."""
+
+    def __init__(self, seed):
+        self.seed, self.stack = seed, ExitStack()
+
+    def __enter__(self):
+        self.stack.enter_context(torch.random.fork_rng(devices=[]))
+        pyro.set_rng_seed(self.seed)
+
+    def __exit__(self, *exc):
+        return self.stack.__exit__(*exc)
+
+
+def _no_progress(progress):
+    return None if progress is None else not progress
+
+
+def _exists(path):
+    from pathlib import Path
+    return Path(path).is_file()
+
+
+def _save(path, step, names, params, opt, sched, batches, losses, val_losses, tracker):
+    save_checkpoint(path, {
+        "format": "pyro-zoo/svi/1", "step": step, "names": names,
+        "params": [p.detach().cpu() for p in params],
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
+        "batches": batches.state(), "torch_rng": torch.get_rng_state(),
+        "losses": torch.tensor(losses, dtype=torch.float64),
+        "val_losses": [[s, v] for s, v in val_losses], "tracker": tracker.state(),
+    })
+
+
+def _restore(path, names, params, opt, sched, batches, losses, val_losses, tracker):
+    state = load_checkpoint(path)
+    if state.get("format") != "pyro-zoo/svi/1" or state.get("names") != names:
+        raise CheckpointError(f"checkpoint {str(path)!r} was written by a different model/guide "
+                              f"(parameters {state.get('names')} != {names})")
+    with torch.no_grad():
+        for p, saved in zip(params, state["params"]):
+            if p.shape != saved.shape:
+                raise CheckpointError(f"checkpoint {str(path)!r}: parameter shapes differ "
+                                      f"({tuple(saved.shape)} vs {tuple(p.shape)})")
+            p.copy_(saved.to(p.device))
+    opt.load_state_dict(state["optimizer"])
+    if sched is not None and state["scheduler"] is not None:
+        sched.load_state_dict(state["scheduler"])
+    batches.load(state["batches"])
+    torch.set_rng_state(state["torch_rng"])
+    losses.extend(state["losses"].tolist())
+    val_losses.extend((int(s), float(v)) for s, v in state["val_losses"])
+    tracker.load(state["tracker"])
+    return int(state["step"])
