@@ -1,11 +1,23 @@
 """Inference for any Pyro model: SVI, variational EM, Laplace, NUTS; one `Fit` result for all.
 
 This package knows nothing of the models in ``zoo``: every function takes plain Pyro callables.
+
+    fit = inference.svi(model, guide, *data, steps=2000, optimizer="adam", lr=1e-2, elbo="trace")
+    fit = inference.variational_em(model, guide_or_None, *data)
+    fit = inference.laplace(model, *data)
+    fit = inference.nuts(model, *data, num_samples=1000, warmup_steps=500)
+    table = inference.compare({"svi": f1, "laplace": f2, "nuts": f3}, reference="nuts")
+    fig = inference.plot_losses({...}); fig = inference.plot_posteriors({...})
 """
+from .diagnostics import compare, summarize
 from .em import variational_em
 from .errors import CheckpointError, InvalidInputError, NonFiniteError, ZooError
+from .laplace import laplace
+from .mcmc import nuts
+from .plots import plot_losses, plot_posteriors
 from .result import Fit, point_mass_draw
 from .svi import svi
 
-__all__ = ["svi", "variational_em", "Fit", "point_mass_draw",
+__all__ = ["svi", "variational_em", "laplace", "nuts", "compare", "summarize", "plot_losses",
+           "plot_posteriors", "Fit", "point_mass_draw",
            "ZooError", "InvalidInputError", "NonFiniteError", "CheckpointError"]

@@ -23,7 +23,7 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .errors import InvalidInputError, NonFiniteError, check_finite_tensors, check_positive
 from .result import Fit, point_mass_draw
@@ -125,6 +125,7 @@ def _m_step(opt, kind, steps, loss, theta):
         value.backward()
         return value
     if kind == "lbfgs":
+        opt.state.clear()   # each M-step is a new problem: curvature pairs of the last one mislead
         opt.step(closure)
     else:
         for _ in range(steps):

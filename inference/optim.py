@@ -13,8 +13,6 @@ store, so every optimizer, schedule and clipping rule here is the standard PyTor
 Gradient-norm clipping rescales the whole gradient when ‖g‖₂ > c, so the step length is at most η c
 (the cure for cliffs and exploding gradients).
 """
-import math
-
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
 
@@ -39,7 +37,7 @@ def make_optimizer(name, params, *, lr, momentum=0.9, betas=(0.9, 0.999), weight
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
     return ClippedAdam(params, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
@@ -74,19 +72,12 @@ def make_schedule(schedule, optimizer, *, steps, lr_min=None):
 def grad_norm(params):
     """Euclidean norm of all gradients together (a 0-d tensor; inf/nan if any gradient is)."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
 def clip_grad_norm(params, max_norm, total_norm):
     """Rescale the gradients in place so that their joint norm is at most ``max_norm``."""
-    scale = max_norm / (float(total_norm) + 1e-12)
-    if scale < 1.0:
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(scale)
+    torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm,
+                                         total_norm)
 
 
-def is_finite(x):
-    return math.isfinite(float(x))

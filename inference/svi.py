@@ -28,7 +28,7 @@ from pyro.infer import (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, Ji
                         Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO)
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import optim as _optim
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -36,13 +36,23 @@ from .errors import (CheckpointError, InvalidInputError, NonFiniteError, check_c
                      check_finite_tensors, check_positive)
 from .result import Fit
 
+class _JitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
+    """Pyro 1.9's JitTraceMeanField_ELBO looks for its compiled loss under ``_loss_and_surrogate_loss``
+    but stores it as ``_differentiable_loss``, so it recompiles on every step; point one at the other."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss = super().differentiable_loss(model, guide, *args, **kwargs)
+        self._loss_and_surrogate_loss = self._differentiable_loss
+        return loss
+
+
 ELBOS = {
     "trace": Trace_ELBO,
     "meanfield": TraceMeanField_ELBO,
     "tracegraph": TraceGraph_ELBO,
     "enum": TraceEnum_ELBO,
     "jit-trace": JitTrace_ELBO,
-    "jit-meanfield": JitTraceMeanField_ELBO,
+    "jit-meanfield": _JitTraceMeanField_ELBO,
     "jit-tracegraph": JitTraceGraph_ELBO,
     "jit-enum": JitTraceEnum_ELBO,
 }
@@ -171,6 +181,13 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         start = 0
         if resume and checkpoint is not None and _exists(checkpoint):
             start = _restore(checkpoint, names, params, opt, sched, batches, losses, val_losses, tracker)
+
+        if elbo.startswith("jit-") and start < steps:
+            # Compile now, outside the run's random stream: compiling draws random numbers, and a
+            # resumed run compiles at a different step than the uninterrupted one.
+            with torch.random.fork_rng(devices=[]), batches.scaled(subsample_plate):
+                loss_fn.loss_and_grads(model, guide, *batches.first())
+            opt.zero_grad(set_to_none=True)
 
         bar = tqdm(total=steps, initial=start, disable=_no_progress(progress), desc="svi",
                    dynamic_ncols=True, leave=False)

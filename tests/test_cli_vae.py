@@ -1,0 +1,74 @@
+"""`zoo fit vae | beta-vae` end to end with small settings."""
+import json
+
+import numpy as np
+import pytest
+
+from zoo.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("reconstructions.png", "samples.png", "traversals.png", "kl_per_dim.png", "losses.png")
+
+
+def test_fit_vae_on_digits_writes_summary_figures_and_resumes(tmp_path, capsys):
+    out = tmp_path / "vae"
+    args = ["fit", "vae", "--latent-dim", "4", "--batch-size", "64", "--iwae-k", "20", "--out", str(out),
+            "--no-progress"]
+    assert main(args + ["--epochs", "2"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 2 * (s["n_train"] // 64)
+    assert s["test_iwae"] >= s["test_elbo"] - 0.1      # IWAE(k) bounds log p(x) at least as tightly
+    split = s["kl_split"]
+    assert split["mutual_info"] + split["total_correlation"] + split["dimwise_kl"] == \
+        pytest.approx(split["kl"], abs=1e-3)
+    assert s["test_elbo"] == pytest.approx(s["test_reconstruction"] - s["test_kl"], abs=1e-4)
+    assert "mig" not in s                               # digits have no known generating factors
+    for name in FIGURES:
+        assert (out / name).read_bytes()[:8] == PNG
+    assert "test ELBO" in capsys.readouterr().out
+    # --resume continues the same run to 4 epochs
+    assert main(args + ["--epochs", "4", "--resume"]) == 0
+    s2 = json.loads((out / "summary.json").read_text())
+    assert s2["steps"] == 2 * s["steps"]
+
+
+def test_fit_beta_vae_on_shapes_reports_disentanglement(tmp_path):
+    out = tmp_path / "bvae"
+    assert main(["fit", "beta-vae", "--n", "600", "--size", "16", "--epochs", "1", "--latent-dim", "3",
+                 "--iwae-k", "5", "--out", str(out), "--no-progress"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["settings"]["beta"] == 4.0 and s["data"] == "shapes"
+    assert 0 <= s["mig"] <= 1 and 0 <= s["factorvae_score"] <= 1
+    assert set(s["mig_per_factor"]) == {"shape", "scale", "orientation", "x", "y"}
+    assert (out / "model.pt").is_file() and (out / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--beta", "0"], "beta"),
+    (["--latent-dim", "0"], "latent_dim"),
+    (["--likelihood", "poisson"], "likelihood"),
+    (["--data", "cifar"], "--data"),
+    (["--data", "mnist", "/nonexistent/images.idx"], "does not exist"),
+    (["--device", "cuda:7"], "device"),
+])
+def test_bad_input_prints_one_line_and_exits_2(tmp_path, capsys, extra, message):
+    import torch
+    if extra[0] == "--device" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    code = main(["fit", "vae", "--epochs", "1", "--out", str(tmp_path), "--no-progress"] + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("zoo: error:") and message in err and "Traceback" not in err
+
+
+def test_fit_on_user_mnist_files(tmp_path):
+    import struct
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(140, 12, 12), dtype=np.uint8)
+    raw = bytes([0, 0, 8, 3]) + b"".join(struct.pack(">I", d) for d in images.shape) + images.tobytes()
+    (tmp_path / "images.idx").write_bytes(raw)
+    out = tmp_path / "m"
+    assert main(["fit", "vae", "--data", "mnist", str(tmp_path / "images.idx"), "--epochs", "1",
+                 "--batch-size", "32", "--latent-dim", "2", "--iwae-k", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_test"] == 20 and np.isfinite(s["test_elbo"])
