@@ -25,7 +25,7 @@ import pyro.poutine as poutine
 import torch
 from tqdm import tqdm
 
-from .errors import InvalidInputError, NonFiniteError, check_finite_tensors, check_positive
+from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
 from .result import Fit, point_mass_draw
 from .svi import _no_progress, _seeded, guide_sampler, make_elbo
 
@@ -48,7 +48,7 @@ def variational_em(model, guide, *data, max_iter=100, tol=1e-8, e_steps=50, m_st
         exact E-step; losses[0] is at the starting θ), params = θ, draw = θ as a point mass (merged with
         the guide's latent draws when there is a guide), diagnostics: n_iter, converged.
     """
-    check_finite_tensors(data)
+    check_data(data)
     check_positive("max_iter", max_iter, integer=True)
     check_positive("tol", tol, allow_zero=True)
     if m_step not in ("lbfgs", "adam"):

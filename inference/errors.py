@@ -42,14 +42,24 @@ def check_positive(name, value, *, allow_zero=False, integer=False):
     return value
 
 
-def check_finite_tensors(args, what="data argument"):
-    """Raise if any tensor among ``args`` holds NaN or inf; returns ``args`` unchanged.
+def check_data(args, what="data argument"):
+    """Raise if a tensor among ``args`` is empty or holds NaN or inf; returns ``args`` unchanged.
 
-    Integer and boolean tensors are always finite and skipped without a scan.
+    Integer and boolean tensors are always finite and are only checked for emptiness.
     """
     for i, a in enumerate(args):
-        if torch.is_tensor(a) and a.is_floating_point() and not torch.isfinite(a).all():
+        if not torch.is_tensor(a):
+            continue
+        if a.numel() == 0:
+            raise InvalidInputError(f"{what} {i} is empty (shape {tuple(a.shape)})")
+        if a.is_floating_point() and not torch.isfinite(a).all():
             bad = (~torch.isfinite(a)).sum().item()
             raise InvalidInputError(f"{what} {i} contains {bad} NaN or infinite value(s) "
                                     f"(shape {tuple(a.shape)})")
     return args
+
+
+def model_error(e, where):
+    """Wrap a ValueError raised inside a model or guide (a shape mismatch, a value outside a
+    distribution's support) as the project's error, keeping Pyro's message, which names the site."""
+    return InvalidInputError(f"the model or guide failed {where}: {str(e).strip()}")

@@ -26,7 +26,7 @@ from pyro import poutine
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_median, init_to_value
 from pyro.infer.mcmc.util import initialize_model
 
-from .errors import InvalidInputError, NonFiniteError, check_finite_tensors, check_positive
+from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
 from .result import Fit
 
 
@@ -63,7 +63,7 @@ def laplace(model, *data, init=None, optimize=True, max_iter=500, tol=1e-9, max_
     """
     check_positive("max_iter", max_iter, integer=True)
     check_positive("tol", tol)
-    check_finite_tensors(data)
+    check_data(data)
     if init is not None and not isinstance(init, dict):
         raise InvalidInputError(f"init must be a dict {{site: constrained value}}, got {type(init).__name__}")
     if not optimize and not init:

@@ -15,7 +15,7 @@ import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_uniform, init_to_value
 
-from .errors import InvalidInputError, ZooError, check_finite_tensors, check_positive
+from .errors import InvalidInputError, ZooError, check_data, check_positive
 from .result import Fit
 
 with warnings.catch_warnings():
@@ -51,7 +51,7 @@ def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0,
     check_positive("warmup_steps", warmup_steps, integer=True, allow_zero=True)
     if not 0 < target_accept_prob < 1:
         raise InvalidInputError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob!r}")
-    check_finite_tensors(data)
+    check_data(data)
     if init is not None and not isinstance(init, dict):
         raise InvalidInputError(f"init must be a dict {{site: constrained value}}, got {type(init).__name__}")
     disable_progbar = (not sys.stderr.isatty()) if progress is None else not progress

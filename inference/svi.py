@@ -30,10 +30,11 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from tqdm import tqdm
 
+from . import distributed as _dist
 from . import optim as _optim
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import (CheckpointError, InvalidInputError, NonFiniteError, check_choice,
-                     check_finite_tensors, check_positive)
+                     check_data, check_positive, model_error)
 from .result import Fit
 
 class _JitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
@@ -91,7 +92,7 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         schedule=None, lr_min=None, batch_size=None, subsample_plate="data", data_size=None,
         validation_data=None, eval_every=None, patience=None, min_delta=1e-4,
         max_plate_nesting=None, seed=0, progress=None, callback=None, grad_hook=None,
-        checkpoint=None, checkpoint_every=None, resume=False):
+        checkpoint=None, checkpoint_every=None, resume=False, distributed=False):
     """Fit ``guide`` to ``model`` by stochastic gradient ascent on the ELBO.
 
     Args:
@@ -119,6 +120,12 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         checkpoint, checkpoint_every, resume: path of an atomically written checkpoint saved every
             ``checkpoint_every`` steps and at the end; ``resume=True`` continues from it, reproducing the
             uninterrupted run with the same seed.
+        distributed: True when this process is one rank of a torch.distributed group training the same
+            parameters on its own shard of the data (gradients averaged by DistributedDataParallel or
+            ``grad_hook``; pass data_size = the full N). Each step's loss and the held-out loss are then
+            averaged over the ranks, so every rank records the same values and takes the same early-stopping
+            decisions; only rank 0 shows progress and writes the checkpoint, which holds every rank's
+            minibatch and random-number state; on resume rank 0 reads it and sends it to all ranks.
 
     Returns:
         Fit with method "svi": losses [steps] (negative ELBO on the full-data scale), params (constrained
@@ -129,7 +136,7 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         InvalidInputError for bad settings or data; NonFiniteError when the loss or a gradient becomes NaN
         or infinite, naming the step and the sites (the parameters keep their last finite values).
     """
-    check_finite_tensors(data)
+    check_data(data)
     loss_fn = make_elbo(elbo, num_particles=num_particles, max_plate_nesting=max_plate_nesting,
                         vectorize_particles=vectorize_particles)
     # Jit ELBOs recompile for every new input shape, so held-out batches use the plain estimator.
@@ -144,7 +151,7 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
     if validation_data is not None:
         validation_data = tuple(validation_data) if isinstance(validation_data, (tuple, list)) \
             else (validation_data,)
-        check_finite_tensors(validation_data, "validation_data argument")
+        check_data(validation_data, "validation_data argument")
     if eval_every is None:
         eval_every = batches.per_epoch if batch_size else 100
     check_positive("eval_every", eval_every, integer=True)
@@ -161,9 +168,12 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
     with store.scope() as state:
         pyro.set_rng_seed(seed)
         # The first pass creates the parameters (Pyro creates them lazily), so the optimizer can own them.
-        with poutine.trace(param_only=True) as capture:
-            with batches.scaled(subsample_plate) as scaler:
-                eval_fn.loss(model, guide, *batches.first())
+        try:
+            with poutine.trace(param_only=True) as capture:
+                with batches.scaled(subsample_plate) as scaler:
+                    eval_fn.loss(model, guide, *batches.first())
+        except ValueError as e:
+            raise model_error(e, "on the data") from e
         if batch_size is not None and not scaler.hit:
             raise InvalidInputError(f"batch_size was given, but no sample site of the model or guide is "
                                     f"inside a pyro.plate named {subsample_plate!r} (subsample_plate)")
@@ -179,8 +189,12 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         losses, val_losses = [], []
         tracker = _EarlyStopping(patience, min_delta)
         start = 0
-        if resume and checkpoint is not None and _exists(checkpoint):
-            start = _restore(checkpoint, names, params, opt, sched, batches, losses, val_losses, tracker)
+        if resume and checkpoint is not None:
+            saved = _dist.on_rank0(lambda: load_checkpoint(checkpoint) if _exists(checkpoint) else None) \
+                if distributed else (load_checkpoint(checkpoint) if _exists(checkpoint) else None)
+            if saved is not None:
+                start = _restore(saved, checkpoint, names, params, opt, sched, batches, losses, val_losses,
+                                 tracker, distributed)
 
         if elbo.startswith("jit-") and start < steps:
             # Compile now, outside the run's random stream: compiling draws random numbers, and a
@@ -189,7 +203,8 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
                 loss_fn.loss_and_grads(model, guide, *batches.first())
             opt.zero_grad(set_to_none=True)
 
-        bar = tqdm(total=steps, initial=start, disable=_no_progress(progress), desc="svi",
+        quiet = distributed and _dist.rank() != 0
+        bar = tqdm(total=steps, initial=start, disable=quiet or _no_progress(progress), desc="svi",
                    dynamic_ncols=True, leave=False)
         t0 = time.perf_counter()
         stopped = None
@@ -199,7 +214,9 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
                 with batches.scaled(subsample_plate):
                     loss = loss_fn.loss_and_grads(model, guide, *batch)
             except ValueError as e:  # e.g. a parameter left a distribution's support
-                raise InvalidInputError(f"the model or guide failed at step {step}: {e}") from e
+                raise model_error(e, f"at step {step}") from e
+            if distributed:
+                loss = _dist.mean(loss)
             if grad_hook is not None:
                 grad_hook(params)
             norm = _optim.grad_norm(params)
@@ -222,13 +239,16 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
             if (step + 1) % eval_every == 0:
                 if validation_data is not None:
                     val = _heldout_loss(eval_fn, model, guide, validation_data, batches, subsample_plate)
+                    if distributed:
+                        val = _dist.mean(val)
                     val_losses.append((step + 1, val))
                     bar.set_postfix(loss=f"{loss:.5g}", heldout=f"{val:.5g}", refresh=False)
                 else:
                     val = float(np.mean(losses[-eval_every:]))
                 done = tracker.update(step + 1, val, params, keep_best=validation_data is not None) or done
             if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-                _save(checkpoint, step + 1, names, params, opt, sched, batches, losses, val_losses, tracker)
+                _save(checkpoint, step + 1, names, params, opt, sched, batches, losses, val_losses, tracker,
+                      distributed)
             if done:
                 stopped = step + 1
                 break
@@ -238,7 +258,8 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
                 for p, best in zip(params, tracker.best_params):
                     p.copy_(best)
         if checkpoint is not None:
-            _save(checkpoint, len(losses), names, params, opt, sched, batches, losses, val_losses, tracker)
+            _save(checkpoint, len(losses), names, params, opt, sched, batches, losses, val_losses, tracker,
+                  distributed)
         seconds = time.perf_counter() - t0
         constrained = {n: store[n].detach().clone() for n in names}
 
@@ -448,7 +469,11 @@ def _exists(path):
     return Path(path).is_file()
 
 
-def _save(path, step, names, params, opt, sched, batches, losses, val_losses, tracker):
+def _save(path, step, names, params, opt, sched, batches, losses, val_losses, tracker, distributed=False):
+    # A distributed run gathers every rank's random state (a collective: all ranks call this); rank 0 writes.
+    ranks = _dist.gather_object(_rank_state(batches)) if distributed else None
+    if distributed and _dist.rank() != 0:
+        return
     save_checkpoint(path, {
         "format": "pyro-zoo/svi/1", "step": step, "names": names,
         "params": [p.detach().cpu() for p in params],
@@ -456,11 +481,16 @@ def _save(path, step, names, params, opt, sched, batches, losses, val_losses, tr
         "batches": batches.state(), "torch_rng": torch.get_rng_state(),
         "losses": torch.tensor(losses, dtype=torch.float64),
         "val_losses": [[s, v] for s, v in val_losses], "tracker": tracker.state(),
+        **({"ranks": ranks} if ranks is not None else {}),
     })
 
 
-def _restore(path, names, params, opt, sched, batches, losses, val_losses, tracker):
-    state = load_checkpoint(path)
+def _rank_state(batches):
+    return {"batches": {k: v.cpu() if torch.is_tensor(v) else v for k, v in batches.state().items()},
+            "torch_rng": torch.get_rng_state()}
+
+
+def _restore(state, path, names, params, opt, sched, batches, losses, val_losses, tracker, distributed=False):
     if state.get("format") != "pyro-zoo/svi/1" or state.get("names") != names:
         raise CheckpointError(f"checkpoint {str(path)!r} was written by a different model/guide "
                               f"(parameters {state.get('names')} != {names})")
@@ -475,6 +505,13 @@ def _restore(path, names, params, opt, sched, batches, losses, val_losses, track
         sched.load_state_dict(state["scheduler"])
     batches.load(state["batches"])
     torch.set_rng_state(state["torch_rng"])
+    if distributed:
+        ranks = state.get("ranks") or [None]
+        if len(ranks) != _dist.world_size():
+            raise CheckpointError(f"checkpoint {str(path)!r} was written by {len(ranks)} process(es); resume it "
+                                  f"with the same number (now {_dist.world_size()})")
+        batches.load(ranks[_dist.rank()]["batches"])
+        torch.set_rng_state(ranks[_dist.rank()]["torch_rng"])
     losses.extend(state["losses"].tolist())
     val_losses.extend((int(s), float(v)) for s, v in state["val_losses"])
     tracker.load(state["tracker"])

@@ -27,6 +27,7 @@
 # (`inference.optim`).
 
 # %%
+# %matplotlib inline
 import os
 
 import matplotlib.pyplot as plt
@@ -153,7 +154,7 @@ for ax, (title, f, start, lim, rates) in zip(axes, problems):
     ax.set_title(title)
     ax.legend(fontsize=8)
 fig.tight_layout()
-fig
+plt.show()
 
 # %% [markdown]
 # * **Ill-conditioning**: SGD zig-zags across the steep valley; momentum smooths the zig-zag; Adam
@@ -169,7 +170,7 @@ fig
 # the gradient's norm to $c$ bounds every step by $\eta c$.
 
 # %%
-start = [1.9, 0.5]
+start = [2.3, 0.5]
 wild = run(plateau_and_cliff, start, "sgd", 0.5, steps=3)
 tame = run(plateau_and_cliff, start, "sgd", 0.5, steps=30, clip=1.0)
 print("without clipping, after 3 steps:", wild[-1])
@@ -185,12 +186,13 @@ print("with clipping at 1.0, longest step:", np.linalg.norm(np.diff(tame, axis=0
 # sites in the data plate by $N/B$. The batch loss is then an unbiased estimate of the full-data loss;
 # its variance shrinks like $1/B$. Below: the spread of the loss over steps of one epoch at fixed
 # parameters, for several $B$ (a Delta guide and a vanishing learning rate keep the parameters fixed).
+# Sampling without replacement adds the finite-population factor $(N-B)/(N-1)$: at $B = N$ the noise is 0.
 
 # %%
 full = inference.svi(regression, AutoDelta(regression), X, y, steps=1, lr=1e-12, optimizer="sgd",
                      progress=False).losses[0]
 rows = []
-for B in (10, 25, 50, 100, 200):
+for B in (10, 20, 50, 100):
     fit = inference.svi(regression, AutoDelta(regression), X, y, steps=(N // B) * 10, batch_size=B,
                         lr=1e-12, optimizer="sgd", progress=False)
     rows.append((B, fit.losses.mean(), fit.losses.std()))
@@ -203,51 +205,60 @@ ax.loglog(Bs, sds[0] ** 2 * Bs[0] / Bs * (N - Bs) / (N - Bs[0]), "k--",
           label=r"$\propto (N-B)/B$ (sampling without replacement)")
 ax.set_xlabel("batch size B")
 ax.legend(fontsize=8)
-fig
+plt.show()
 
 # %% [markdown]
 # ## 4. Early stopping on a held-out ELBO
 #
-# Training minimises the empirical loss, a surrogate for the real goal. A flexible model fitted by MAP
-# (a degree-12 polynomial with a weak prior, on 30 noisy points) keeps lowering its training loss long
-# after its held-out loss has started to rise. `inference.svi(..., validation_data=..., patience=k)`
-# evaluates the held-out loss every `eval_every` steps, stops after `k` evaluations without
-# improvement, and restores the best parameters.
+# Training minimises the empirical loss, a surrogate for the real goal. A linear regression with more
+# features (50) than training points (30), fitted by MAP with a weak prior, can interpolate the
+# training data, noise included. Gradient descent from $w = 0$ first fits the directions the data
+# determine well, then the noise: the held-out loss falls, reaches a minimum and rises again while the
+# training loss keeps falling. `inference.svi(..., validation_data=..., patience=k)` evaluates the
+# held-out loss every `eval_every` steps, stops after `k` evaluations without improvement and restores
+# the best parameters.
 
 # %%
-def features(t, degree=12):
-    return torch.stack([t ** k for k in range(degree + 1)], -1)
+from pyro.infer.autoguide import init_to_value
+
+N2, D2 = 60, 50
+X2 = torch.randn(N2, D2, generator=g)
+w2 = torch.zeros(D2)
+w2[:5] = torch.tensor([2.0, -1.5, 1.0, 0.5, -0.5])      # a few real effects among 50 features
+y2 = X2 @ w2 + torch.randn(N2, generator=g)
+train, held = slice(0, 30), slice(30, 60)
 
 
-def polynomial(F, y):
-    w = pyro.sample("w", dist.Normal(torch.zeros(F.shape[1]), 100.0).to_event(1))
-    with pyro.plate("data", F.shape[0]):
-        pyro.sample("y", dist.Normal((F * w).sum(-1), 0.3), obs=y)
+def wide_regression(X, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(X.shape[1]), 10.0).to_event(1))
+    with pyro.plate("data", X.shape[0]):
+        pyro.sample("y", dist.Normal((X * w).sum(-1), 1.0), obs=y)
 
 
-t = torch.linspace(-1, 1, 60)
-signal = torch.sin(3 * t)
-noisy = signal + 0.3 * torch.randn(60, generator=g)
-train, held = torch.arange(0, 60, 2), torch.arange(1, 60, 2)
-F = features(t)
-long = inference.svi(polynomial, AutoDelta(polynomial), F[train], noisy[train], steps=STEPS * 2,
-                     lr=0.05, validation_data=(F[held], noisy[held]), eval_every=20, progress=False)
-stopped = inference.svi(polynomial, AutoDelta(polynomial), F[train], noisy[train], steps=STEPS * 2,
-                        lr=0.05, validation_data=(F[held], noisy[held]), eval_every=20, patience=5,
-                        progress=False)
+def from_zero():
+    return AutoDelta(wide_regression, init_loc_fn=init_to_value(values={"w": torch.zeros(D2)}))
+
+
+settings = dict(steps=300, lr=0.002, optimizer="sgd", validation_data=(X2[held], y2[held]),
+                eval_every=2, progress=False)
+long = inference.svi(wide_regression, from_zero(), X2[train], y2[train], **settings)
+stopped = inference.svi(wide_regression, from_zero(), X2[train], y2[train], patience=10, **settings)
 fig, ax = plt.subplots(figsize=(6, 3.5))
 steps, val = zip(*long.diagnostics["validation_losses"])
-ax.plot(long.losses, lw=0.8, label="training loss")
-ax.plot(steps, val, "o-", ms=3, label="held-out loss (training scale)")
-ax.axvline(stopped.diagnostics["stopped_at"], color="k", ls="--", label="early stop")
-ax.set_yscale("log")
+ax.plot(np.arange(1, len(long.losses) + 1), long.losses, lw=0.8, label="training loss")
+ax.plot(steps, val, ".-", ms=3, label="held-out loss")
+ax.axvline(stopped.diagnostics["stopped_at"], color="k", ls="--", label="early stop (patience 10)")
+ax.axvline(stopped.diagnostics["best_step"], color="g", ls=":", label="best held-out loss")
+ax.set_xscale("log")
+ax.set_ylim(150, 320)
 ax.set_xlabel("step")
-ax.legend()
-fig
+ax.legend(fontsize=8)
+plt.show()
 
 # %%
 print("stopped at step", stopped.diagnostics["stopped_at"], "; best held-out loss at step",
       stopped.diagnostics["best_step"])
+print("held-out loss: best", round(min(val), 1), " after all 300 steps", round(val[-1], 1))
 
 # %% [markdown]
 # **Take-aways.** Adaptive methods (Adam, RMSprop) are the robust default for SVI; momentum fixes much of

@@ -86,7 +86,7 @@ def _add_compare_gmm(models):
     p.add_argument("--covariance-type", default="full", choices=["full", "diag", "spherical"])
     p.add_argument("--methods", default="em,variational_em,map,svi,laplace,nuts",
                    help="comma list of methods (default: all six)")
-    p.add_argument("--steps", type=int, default=500, help="SVI steps for map and svi (default: 500)")
+    p.add_argument("--steps", type=int, default=1000, help="SVI steps for map and svi (default: 1000)")
     p.add_argument("--num-samples", type=int, default=200, help="NUTS draws (default: 200)")
     p.add_argument("--warmup", type=int, default=150, help="NUTS warm-up steps (default: 150)")
     p.set_defaults(run=_run_compare_gmm)
@@ -155,8 +155,13 @@ def _add_fit_vae(models):
                        help="stop after this many epochs without a better held-out ELBO (default: 10)")
         p.add_argument("--iwae-k", type=int, default=100, help="samples of the IWAE bound (default: 100)")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+        p.add_argument("--nproc", type=int, default=1,
+                       help="train in N local processes with DistributedDataParallel (gloo on cpu; with "
+                            "--device cuda one GPU each); --batch-size is per process (default: 1; under "
+                            "torchrun the launcher's processes are used instead)")
         p.add_argument("--resume", action="store_true",
-                       help="continue from --out/checkpoint.pt (same settings, more --epochs to go on)")
+                       help="continue from --out/checkpoint.pt (same settings and --nproc, more --epochs "
+                            "to go on)")
         p.set_defaults(run=_run_fit_vae)
 
 
@@ -206,6 +211,46 @@ def _device(name):
 
 
 def _run_fit_vae(args):
+    """One process; or --nproc N local processes; or, under torchrun, this rank of the launcher's group."""
+    import torch
+    from torch.multiprocessing import ProcessExitedException
+
+    from inference import distributed
+    from inference.errors import InvalidInputError
+
+    device = _device(args.device)
+    if distributed.launched():
+        device = distributed.setup(device=device.type)
+        try:
+            return _fit_vae(args, device)
+        finally:
+            distributed.teardown()
+    if args.nproc < 1:
+        raise InvalidInputError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc == 1:
+        return _fit_vae(args, device)
+    if device.type == "cuda" and args.nproc > torch.cuda.device_count():
+        raise InvalidInputError(f"--nproc {args.nproc} with --device cuda needs {args.nproc} GPUs; "
+                                f"{torch.cuda.device_count()} visible")
+    _vae_data(args)   # bad --data fails here, once, before any process starts
+    try:
+        distributed.spawn(_fit_vae_rank, args.nproc, args, device=device.type)
+    except ProcessExitedException as e:   # a rank reported a ZooError and exited
+        return e.exit_code
+
+
+def _fit_vae_rank(args):
+    """One spawned rank: errors of the user's input are printed (by rank 0) and end the process with 2."""
+    from inference import distributed
+    try:
+        _fit_vae(args, distributed.setup(device=_device(args.device).type))
+    except ZooError as e:
+        if distributed.is_writer():
+            print(f"zoo: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _fit_vae(args, device):
     import io
     import json
     from pathlib import Path
@@ -214,6 +259,7 @@ def _run_fit_vae(args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from inference import distributed
     from inference.checkpoint import atomic_write_bytes, atomic_write_text
     import numpy as np
 
@@ -221,25 +267,31 @@ def _run_fit_vae(args):
     from zoo.data import SHAPES_FACTORS
 
     out = Path(args.out)
-    device = _device(args.device)
     x_train, x_val, x_test, factors = _vae_data(args)
     x_train, x_val, x_test = x_train.to(device), x_val.to(device), x_test.to(device)
+    n_train, n_val, nproc = len(x_train), len(x_val), distributed.world_size()
     klass = vae_mod.BetaVAE if args.model == "beta-vae" else vae_mod.VAE
     model = klass(latent_dim=args.latent_dim, architecture=args.architecture, likelihood=args.likelihood,
                   beta=args.beta, anneal_epochs=args.anneal_epochs).to(device)
     checkpoint = out / "checkpoint.pt"
-    print(f"zoo fit {args.model}: {model!r} on {args.data[0]} ({len(x_train)} train, {len(x_val)} validation, "
-          f"{len(x_test)} test, items {tuple(x_train.shape[1:])}) on {device}", flush=True)
+    if distributed.is_writer():
+        print(f"zoo fit {args.model}: {model!r} on {args.data[0]} ({n_train} train, {n_val} validation, "
+              f"{len(x_test)} test, items {tuple(x_train.shape[1:])}) on {device}" +
+              (f", {nproc} processes x batch {args.batch_size}" if nproc > 1 else ""), flush=True)
+    if nproc > 1:   # every rank trains on its shard; rank 0 alone evaluates on the whole test set and writes
+        x_train, x_val = distributed.shard(x_train), distributed.shard(x_val)
     model.fit(x_train, x_val, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
               patience=args.patience, checkpoint=checkpoint, resume=args.resume, seed=args.seed,
-              progress=args.progress)
+              progress=args.progress, distributed=nproc > 1)
+    if not distributed.is_writer():
+        return
 
     x_eval = x_test[:2000]
     rec, kl = model.elbo_parts(x_test, num_samples=10, seed=args.seed)
     split = model.kl_split(x_eval, seed=args.seed)
     summary = {
         "model": args.model, "settings": model.get_params(), "data": " ".join(args.data),
-        "n_train": len(x_train), "n_validation": len(x_val), "n_test": len(x_test),
+        "n_train": n_train, "n_validation": n_val, "n_test": len(x_test), "nproc": nproc,
         "steps": int(model.losses_.size), "seconds": round(model.fit_.seconds, 2),
         "stopped_at_step": model.fit_.diagnostics["stopped_at"],
         "test_elbo": (rec - kl).mean().item(), "test_reconstruction": rec.mean().item(),

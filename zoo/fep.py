@@ -682,7 +682,7 @@ def plot_sweep(table, *, T_desire=4.0):
     axes[0].legend(fontsize=6, ncol=2)
     axes[1].set(xlabel="time", ylabel="belief μ", title="belief (colour: log10 σw/σz)")
     onset = table.loc[table["a"] != 0, "t"].min()
-    before = table[table["t"] <= (onset if np.isfinite(onset) else table["t"].max())]
+    before = table[table["t"] < onset] if np.isfinite(onset) else table   # strictly before acting
     settled = before[before["t"] == before["t"].max()].pivot(index="sigma_z", columns="sigma_w", values="mu")
     im = axes[2].imshow(settled.to_numpy(), origin="lower", cmap="magma")
     axes[2].set_xticks(range(settled.shape[1]), [f"{v:g}" for v in settled.columns])

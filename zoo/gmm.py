@@ -36,6 +36,7 @@ import torch
 from pyro import poutine
 from pyro.distributions import constraints
 
+from inference import distributed as dist_
 from inference.errors import InvalidInputError, check_choice, check_positive
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
@@ -108,12 +109,12 @@ def m_step(stats, D, covariance_type, reg_covar):
     second = stats[:, :-1 - D] / nk.unsqueeze(1)
     if covariance_type == "full":
         K = stats.shape[0]
-        i, j = torch.triu_indices(D, D)
+        i, j = torch.triu_indices(D, D, device=stats.device)
         cov = stats.new_zeros(K, D, D)
         cov[:, i, j] = second
         cov[:, j, i] = second
         cov = cov - means.unsqueeze(2) * means.unsqueeze(1)
-        cov = cov + reg_covar * torch.eye(D, dtype=cov.dtype)
+        cov = cov + reg_covar * torch.eye(D, dtype=cov.dtype, device=cov.device)
     else:
         cov = second - means * means + reg_covar
         if covariance_type == "spherical":
@@ -167,6 +168,14 @@ def _em_pass(feats, eta, want_resp=False):
     return float(total) / feats.X.shape[0], stats, (torch.cat(resps) if want_resp else None)
 
 
+def _sum_over_ranks(ll, stats, n_local, n_total):
+    """Distributed EM: the statistics S and the log-likelihood are sums over points, so the shards'
+    sums add up to those of all the data (one all-reduce). Returns (mean log-likelihood, S)."""
+    packed = torch.cat([stats.reshape(-1), stats.new_tensor([ll * n_local])])
+    dist_.all_reduce_sum(packed)
+    return float(packed[-1]) / n_total, packed[:-1].reshape(stats.shape)
+
+
 # ---- the estimator ----------------------------------------------------------------------------------
 class GaussianMixture:
     """A Gaussian mixture fitted by closed-form EM, with its Pyro models for every other inference method.
@@ -187,7 +196,13 @@ class GaussianMixture:
             ``covariances_`` shape); with ``init`` an array of means and both given, EM starts exactly there.
         seed: seed of the initialisations (None: fresh randomness each fit).
         dtype, device: of the computation and the fitted tensors (float32 halves memory and time; the
-            M-step is float64 either way).
+            M-step is float64 either way). device=None keeps the data's device (e.g. "cuda").
+        distributed: fit one mixture to the union of the rows that every process of a torch.distributed
+            group passes to ``fit`` (its shard, e.g. ``inference.distributed.shard(X)``): each EM iteration
+            all-reduces the sufficient statistics and the log-likelihood, so the fit equals single-process
+            EM on all the rows up to round-off. The initialisation is computed by rank 0 from its shard
+            (exactly the single-process start when ``init``, ``weights_init`` and ``covariances_init`` are
+            all given). Methods other than ``fit`` work on the rows they are given.
         prior_concentration, prior_scale, lkj_concentration: hyper-parameters of :meth:`bayes_model`.
         verbose: print the log-likelihood at every iteration.
 
@@ -200,7 +215,7 @@ class GaussianMixture:
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6, max_iter=100,
                  n_init=1, init="kmeans++", weights_init=None, covariances_init=None, seed=None,
                  dtype=torch.float64, device=None, prior_concentration=1.0, prior_scale=2.0,
-                 lkj_concentration=2.0, verbose=False):
+                 lkj_concentration=2.0, verbose=False, distributed=False):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -217,6 +232,7 @@ class GaussianMixture:
         self.prior_scale = prior_scale
         self.lkj_concentration = lkj_concentration
         self.verbose = verbose
+        self.distributed = distributed
         self._start_cache = (None, None)
         self._prior_cache = None
 
@@ -278,14 +294,20 @@ class GaussianMixture:
         X = self._as_data(X)
         N, D = X.shape
         K = self.n_components
+        if self.distributed:
+            dist_.require_group("GaussianMixture(distributed=True)")
+            if dist_.total(D, op="min") != dist_.total(D, op="max"):
+                raise InvalidInputError(f"the processes' shards of X have different numbers of features")
+            N = dist_.total(N)
         if K > N:
             raise InvalidInputError(f"n_components={K} is more than the {N} data points")
         gen = _generator(self.seed)
-        center = X.double().mean(0)
+        center = dist_.all_reduce_sum(X.double().sum(0)) / N if self.distributed else X.double().mean(0)
         feats = _Features(X, center.to(X.dtype), self.covariance_type)
+        feats.n_total = N
         best = None
         for run in range(self.n_init):
-            start = self._initialize(X, center, gen)
+            start = self._on_rank0(lambda: self._initialize(X, center, gen), X.device)
             result = self._em(feats, *start, gen)
             if self.verbose and self.n_init > 1:
                 print(f"init {run}: log-likelihood {result['trace'][-1]:.6f}")
@@ -319,6 +341,8 @@ class GaussianMixture:
         for it in range(self.max_iter + 1):
             eta = natural_parameters(weights, means, chol, ct).to(feats.X.dtype)
             ll, stats, _ = _em_pass(feats, eta)
+            if self.distributed:
+                ll, stats = _sum_over_ranks(ll, stats, feats.X.shape[0], feats.n_total)
             if not math.isfinite(ll):
                 raise InvalidInputError(f"the log-likelihood became {ll} at EM iteration {it}; the data may be "
                                         f"too large for {self.dtype} (standardise X or use float64)")
@@ -333,7 +357,8 @@ class GaussianMixture:
             nk, means, cov = m_step(stats, D, ct, self.reg_covar)
             empty = nk < 1e-3   # less than a thousandth of a point: the M-step is undefined there
             if empty.any():
-                means, cov, nk = self._reseed(empty, stats, means, cov, nk, feats.X, feats.center, gen, it)
+                means, cov, nk = self._on_rank0(lambda: self._reseed(empty, stats, means, cov, nk, feats.X,
+                                                                     feats.center, gen, it), feats.X.device)
             weights = nk / nk.sum()
             chol = self._cholesky(cov, D, f"after EM iteration {it + 1}")
             n_iter += 1
@@ -352,6 +377,12 @@ class GaussianMixture:
         cov[ks] = overall[0]
         nk[ks] = 1.0
         return means, cov, nk
+
+    def _on_rank0(self, fn, device):
+        """fn() -> tensors; distributed: computed by rank 0 (from its shard) and sent to every rank."""
+        if not self.distributed:
+            return fn()
+        return tuple(t.to(device) for t in dist_.on_rank0(lambda: tuple(t.cpu() for t in fn())))
 
     def _cholesky(self, cov, D, when):
         chol, bad = cholesky(cov, self.covariance_type, D)
@@ -794,7 +825,7 @@ METHODS = ("em", "variational_em", "map", "svi", "laplace", "nuts")
 
 
 def compare_methods(X, n_components=3, *, methods=METHODS, covariance_type="full", out=None, steps=1000,
-                    lr=0.02, num_samples=300, warmup_steps=200, n_init=5, seed=0, truth=None,
+                    lr=0.05, num_samples=300, warmup_steps=200, n_init=5, seed=0, truth=None,
                     progress=False):
     """Fit one data set by every method, align their labels, and compare them (the `zoo compare gmm` job).
 
@@ -847,7 +878,10 @@ def compare_methods(X, n_components=3, *, methods=METHODS, covariance_type="full
                                      progress=progress, seed=seed)
         sites = component_sites(f.params["weights"], f.params["means"], f.params[scale_name], covariance_type)
         fits["variational_em"] = dataclasses.replace(f, draw=point_mass_draw(sites))
-    bayes = dict(elbo="enum", steps=steps, lr=lr, seed=seed, progress=progress, max_plate_nesting=1)
+    # a cosine-annealed rate: the constant-rate noise of the guide's parameters would otherwise show up as
+    # posterior error in the comparison
+    bayes = dict(elbo="enum", steps=steps, lr=lr, schedule="cosine", seed=seed, progress=progress,
+                 max_plate_nesting=1)
     if "map" in methods:
         fits["map"] = svi(gmm.bayes_model, gmm.map_guide, X, **bayes)
     if "svi" in methods:
@@ -863,7 +897,7 @@ def compare_methods(X, n_components=3, *, methods=METHODS, covariance_type="full
 
     var_names = ["weights", "means", "scales"]
     table = compare(fits, reference="nuts" if "nuts" in fits else None, var_names=var_names,
-                              num_samples=1000, seed=seed)
+                              num_samples=500, seed=seed)
     summary = summarize(table)
     summary.insert(0, "log_lik", [log_predictive(X, f.samples(200, seed), covariance_type) for f in fits.values()])
     result = {"fits": fits, "table": table, "summary": summary, "model": gmm, "files": []}

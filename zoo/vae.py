@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import inference
+from inference import distributed as dist_
 from inference.checkpoint import load_checkpoint, save_checkpoint
 from inference.errors import CheckpointError, InvalidInputError, check_choice, check_positive
 
@@ -175,6 +176,7 @@ class VAE:
         self.kl_weight = self.beta     # the weight in use; below beta only while annealing
         self.encoder_ = self.decoder_ = self.item_shape_ = None
         self.device = torch.device("cpu")
+        self._ddp = None    # (encoder, decoder) in DistributedDataParallel during a distributed fit
 
     def __repr__(self):
         return (f"{type(self).__name__}(latent_dim={self.latent_dim}, architecture={self.architecture!r}, "
@@ -233,9 +235,9 @@ class VAE:
                                         f"{type(x).__name__}") from None
         if not x.is_floating_point():
             x = x.float()
-        if x.dim() < 2 or x.shape[0] == 0:
+        if x.dim() < 2 or x.numel() == 0:
             raise InvalidInputError(f"{name} must have shape [n, features] or [n, channels, height, width] "
-                                    f"with n >= 1; got {tuple(x.shape)}")
+                                    f"with every size >= 1; got {tuple(x.shape)}")
         if self._arch(x.dim()) == "conv" and x.dim() != 4:
             raise InvalidInputError(f"architecture='conv' needs {name} of shape [n, channels, height, width]; "
                                     f"got {tuple(x.shape)}" + (" (add a channel dim: x[:, None])"
@@ -286,24 +288,27 @@ class VAE:
         """p(z) p(x | z) for a batch x [n, *item]; z [n, latent_dim]; the z site is scaled by the KL weight."""
         self._ready(x)
         pyro.module("decoder", self.decoder_)
+        decoder = self.decoder_ if self._ddp is None else self._ddp[1]
         with pyro.plate("data", x.shape[0]):
             zeros = x.new_zeros((x.shape[0], self.latent_dim))
             with poutine.scale(scale=self.kl_weight):
                 z = pyro.sample("z", dist.Normal(zeros, 1.0 + zeros).to_event(1))
-            pyro.sample("x", self.observation(self.decoder_(z)), obs=x)
+            pyro.sample("x", self.observation(decoder(z)), obs=x)
 
     def guide(self, x):
         """q(z | x) = N(μ(x), diag σ(x)²), scaled by the KL weight like the model's z site."""
         self._ready(x)
         pyro.module("encoder", self.encoder_)
+        encoder = self.encoder_ if self._ddp is None else self._ddp[0]
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder_(x)
+            loc, scale = encoder(x)
             with poutine.scale(scale=self.kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     # -- training --
     def fit(self, x, x_val=None, *, epochs=50, batch_size=128, lr=1e-3, patience=None, elbo=None,
-            checkpoint=None, checkpoint_every=None, resume=False, seed=0, progress=None, **svi_kwargs):
+            checkpoint=None, checkpoint_every=None, resume=False, seed=0, progress=None, distributed=False,
+            **svi_kwargs):
         """Train on x [n, *item] by minibatch SVI (:func:`inference.svi`, Adam) and return ``self``.
 
         The loss is the negative beta-ELBO on the full-data scale (each minibatch term x N/B). With
@@ -312,6 +317,15 @@ class VAE:
         ``checkpoint_every`` steps (default: every epoch) and at the end; ``resume=True`` continues from it.
         ``elbo`` defaults to "jit-trace" ("meanfield" while annealing, as the compiled step would
         freeze the changing weight). Further keyword arguments go to :func:`inference.svi`.
+
+        ``distributed=True`` (inside a torch.distributed group, see :mod:`inference.distributed`): x and
+        x_val are this process's shards (``distributed.shard(x)``) and ``batch_size`` is per process, so a
+        step sees world_size x batch_size rows. The encoder and decoder run in DistributedDataParallel,
+        which averages the gradients; the loss is scaled to the total N over all shards; each rank draws
+        its own minibatches and noise (seed per rank); every rank takes the same number of steps (set by
+        the smallest shard); only rank 0 writes the checkpoint, and all ranks resume from it. The
+        compiled (jit-) ELBOs would skip DDP's gradient hooks, so the default is "trace" and jit- ELBOs
+        are refused. ``history_`` is computed on rank 0's validation shard.
         """
         x = self.check_data(x, "x")
         if x_val is not None:
@@ -321,10 +335,24 @@ class VAE:
                                         f"{tuple(x.shape[1:])}")
         check_positive("epochs", epochs, integer=True)
         check_positive("batch_size", batch_size, integer=True)
-        per_epoch = x.shape[0] // min(batch_size, x.shape[0])
+        if distributed:
+            dist_.require_group("VAE.fit(distributed=True)")
+            if elbo is not None and elbo.startswith("jit-"):
+                raise InvalidInputError(f"elbo={elbo!r} compiles the step, which skips the gradient averaging "
+                                        f"of DistributedDataParallel; use elbo={elbo.removeprefix('jit-')!r} "
+                                        f"with distributed=True")
+            # Every rank must take the same number of steps (each step is a collective): the smallest shard sets it.
+            n_min = dist_.total(x.shape[0], op="min")
+            per_epoch = n_min // min(batch_size, n_min)
+            svi_kwargs["data_size"] = dist_.total(x.shape[0])
+            svi_kwargs["steps"], epochs_ = epochs * per_epoch, None
+            svi_kwargs.setdefault("eval_every", per_epoch)   # held-out losses are averaged: same steps on all ranks
+        else:
+            per_epoch = x.shape[0] // min(batch_size, x.shape[0])
+            epochs_ = epochs
         anneal_steps = round(self.anneal_epochs * per_epoch)
         if elbo is None:
-            elbo = "meanfield" if anneal_steps else DEFAULT_ELBO
+            elbo = "meanfield" if anneal_steps else ("trace" if distributed else DEFAULT_ELBO)
         if anneal_steps and elbo.startswith("jit-"):
             raise InvalidInputError(f"elbo={elbo!r} compiles the KL weight into the step, so it cannot anneal; "
                                     f"use elbo={elbo.removeprefix('jit-')!r} with anneal_epochs > 0")
@@ -338,7 +366,7 @@ class VAE:
         def callback(step, loss):
             if anneal_steps:
                 self.kl_weight = self.beta * min(1.0, (step + 2) / anneal_steps)
-            if (step + 1) % per_epoch == 0:
+            if (step + 1) % per_epoch == 0 and dist_.is_writer():
                 rec, kl = self.elbo_parts(monitor, seed=step)
                 history["epoch"].append((step + 1) / per_epoch)
                 history["reconstruction"].append(rec.mean().item())
@@ -347,16 +375,24 @@ class VAE:
             return False
 
         self.kl_weight = self.beta * min(1.0, 1 / anneal_steps) if anneal_steps else self.beta
+        if distributed:
+            seed = dist_.rank_seed(seed)
+            # DDP waits for a gradient of every parameter it holds: leave out the unused Gaussian scale
+            # (Decoder.forward is its net's forward, so calling the net alone is the same function).
+            self._ddp = (dist_.wrap(self.encoder_),
+                         dist_.wrap(self.decoder_ if self.likelihood == "gaussian" else self.decoder_.net))
         try:
-            fit = inference.svi(self.model, self.guide, x, epochs=epochs, batch_size=batch_size, lr=lr,
+            fit = inference.svi(self.model, self.guide, x, epochs=epochs_, batch_size=batch_size, lr=lr,
                                 optimizer="adam", elbo=elbo, validation_data=None if x_val is None else (x_val,),
                                 patience=patience, checkpoint=checkpoint,
                                 checkpoint_every=checkpoint_every or (per_epoch if checkpoint else None),
-                                resume=resume, seed=seed, progress=progress, callback=callback, **svi_kwargs)
+                                resume=resume, seed=seed, progress=progress, callback=callback,
+                                distributed=distributed, **svi_kwargs)
         finally:
             self.kl_weight = self.beta
+            self._ddp = None
         self.fit_, self.losses_, self.history_ = fit, fit.losses, history
-        self.n_train_ = x.shape[0]
+        self.n_train_ = svi_kwargs["data_size"] if distributed else x.shape[0]
         return self
 
     # -- encoding, decoding, sampling --
