@@ -70,7 +70,7 @@ def _run_list(args):
         print(f"{name:10s} zoo {command} {name:10s} {what}")
 
 
-# ---- zoo compare gmm (owned by the Gaussian-mixture work) -----------------------------------------
+# ---- zoo compare gmm -----------------------------------------
 def _add_compare_gmm(models):
     p = models.add_parser("gmm", help="compare inference methods on a Gaussian mixture",
                           description="Fit one mixture data set by EM, variational EM, MAP-SVI, Bayesian SVI, "
@@ -127,7 +127,7 @@ def _run_compare_gmm(args):
     print(f"\nwrote {len(result['files'])} files to {args.out}")
 
 
-# ---- zoo fit vae | beta-vae (owned by the VAE work) -----------------------------------------------
+# ---- zoo fit vae | beta-vae -----------------------------------------------
 def _add_fit_vae(models):
     for name, beta, data in (("vae", 1.0, "digits"), ("beta-vae", 4.0, "shapes")):
         p = models.add_parser(name, help=f"train a {name} and evaluate it (ELBO, IWAE, KL split, MIG)",
@@ -331,7 +331,7 @@ def _fit_vae(args, device):
     print(f"wrote {', '.join(figures)}, summary.json, model.pt, checkpoint.pt to {out}/")
 
 
-# ---- zoo simulate fep (owned by the FEP work) -----------------------------------------------------
+# ---- zoo simulate fep -----------------------------------------------------
 def _add_simulate_fep(models):
     p = models.add_parser("fep", help="simulate the free-energy-principle thermostat agent",
                           description="The thermostat agent of Buckley et al. 2017: perception and action as "

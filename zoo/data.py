@@ -9,7 +9,7 @@ import torch
 
 from inference.errors import InvalidInputError
 
-# ---- mixtures (owned by the Gaussian-mixture work) ------------------------------------------------
+# ---- mixtures ------------------------------------------------
 class Mixture:
     """A data set drawn from a known Gaussian mixture.
 
@@ -127,7 +127,7 @@ def read_csv(path, columns=None, standardize=False):
 
 
 
-# ---- images (owned by the VAE work) ---------------------------------------------------------------
+# ---- images ---------------------------------------------------------------
 import gzip
 from typing import NamedTuple
 

@@ -297,7 +297,7 @@ class GaussianMixture:
         if self.distributed:
             dist_.require_group("GaussianMixture(distributed=True)")
             if dist_.total(D, op="min") != dist_.total(D, op="max"):
-                raise InvalidInputError(f"the processes' shards of X have different numbers of features")
+                raise InvalidInputError("the processes' shards of X have different numbers of features")
             N = dist_.total(N)
         if K > N:
             raise InvalidInputError(f"n_components={K} is more than the {N} data points")
