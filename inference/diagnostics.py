@@ -57,7 +57,8 @@ def compare(fits, reference=None, var_names=None, num_samples=1000, seed=0):
     for name, fit in fits.items():
         khat = _khat(fit, num_samples, seed)
         for label, x in elements[name].items():
-            mean, sd = x.mean(), x.std(ddof=1)
+            # identical draws (a point estimate) have sd 0 exactly, not the round-off of their mean
+            mean, sd = x.mean(), (x.std(ddof=1) if np.ptp(x) > 0 else 0.0)
             error = sd_ratio = np.nan
             if reference is not None:
                 ref = elements[reference][label]

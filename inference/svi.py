@@ -268,7 +268,8 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         diagnostics={"stopped_at": stopped, "best_step": tracker.best_step,
                      "validation_losses": val_losses, "elbo": elbo, "optimizer": optimizer},
         draw=guide_sampler(guide, data, state),
-        log_weights=importance_log_weights(model, guide, data, state, elbo, max_plate_nesting),
+        log_weights=None if _has_point_masses(guide, data, state) else
+        importance_log_weights(model, guide, data, state, elbo, max_plate_nesting),
     )
 
 
@@ -438,6 +439,26 @@ def _nonfinite_message(step, loss, norm, model, guide, batch, names, params, bat
         parts.append(f"non-finite parameter(s) {', '.join(bad_params)}")
     parts.append("the parameters keep their last finite values; try a smaller lr or clip_norm")
     return "; ".join(parts)
+
+
+def _has_point_masses(guide, data, state):
+    """Whether the guide puts a Delta on some latent site (MAP): importance weights then mean nothing.
+
+    Guides that draw an auxiliary variable and place the model's sites as Deltas of it (AutoContinuous
+    guides such as AutoMultivariateNormal) do have a density, carried by the auxiliary site.
+    """
+    with pyro.get_param_store().scope(state), torch.no_grad():
+        trace = poutine.trace(guide).get_trace(*data)
+    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
+    if any(s["infer"].get("is_auxiliary", False) for s in sites):
+        return False
+    for site in filter(_is_latent, sites):
+        fn = site["fn"]
+        while hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        if isinstance(fn, pyro.distributions.Delta):
+            return True
+    return False
 
 
 def _is_latent(site):

@@ -268,3 +268,14 @@ def test_divergence_stops_with_the_step_and_the_site(x):
     with pytest.raises(NonFiniteError, match=r"training stopped at step \d+.*site\(s\) .*x \(model\)"):
         inference.svi(normal_mean_model, AutoDelta(normal_mean_model), x, steps=500, lr=1.0,
                       optimizer="sgd", progress=False)
+
+
+def test_point_mass_guides_have_no_importance_weights(x):
+    # A Delta guide has no density to weigh draws by: k-hat must be unavailable, not a perfect 0.
+    fit = inference.svi(normal_mean_model, AutoDelta(normal_mean_model), x, steps=5, progress=False)
+    assert fit.log_weights is None
+    table = inference.compare({"map": fit}, var_names=["mu"], num_samples=50)
+    assert np.isnan(table["khat"]).all()
+    for guide in (AutoNormal, AutoMultivariateNormal):   # the latter places Deltas of an auxiliary site
+        assert inference.svi(normal_mean_model, guide(normal_mean_model), x, steps=5,
+                             progress=False).log_weights is not None

@@ -500,11 +500,15 @@ class VAE:
         state = load_checkpoint(path, map_location=device)
         if state.get("format") != "pyro-zoo/vae/1":
             raise CheckpointError(f"{str(path)!r} is not a pyro-zoo VAE file")
-        klass = BetaVAE if state["class"] == "BetaVAE" else VAE
-        vae = klass(**state["settings"]).to(device)
-        vae.build(state["item_shape"])
-        vae.encoder_.load_state_dict(state["encoder"])
-        vae.decoder_.load_state_dict(state["decoder"])
+        try:
+            klass = BetaVAE if state["class"] == "BetaVAE" else VAE
+            vae = klass(**state["settings"]).to(device)
+            vae.build(state["item_shape"])
+            vae.encoder_.load_state_dict(state["encoder"])
+            vae.decoder_.load_state_dict(state["decoder"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # edited or from another version
+            raise CheckpointError(f"{str(path)!r} does not hold a consistent VAE "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         return vae
 
     def get_params(self):
