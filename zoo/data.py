@@ -119,7 +119,7 @@ def read_csv(path, columns=None, standardize=False):
         rows = np.nonzero(~np.isfinite(numeric.to_numpy()).all(1))[0]
         raise InvalidInputError(f"CSV file {str(path)!r} has {len(rows)} row(s) with missing or non-finite "
                                 f"values (first data row {int(rows[0])})")
-    X = numeric.to_numpy(dtype=np.float64)
+    X = numeric.to_numpy(dtype=np.float64, copy=True)   # pandas may hand out a read-only view
     if standardize:
         sd = X.std(0)
         X = (X - X.mean(0)) / np.where(sd > 0, sd, 1.0)

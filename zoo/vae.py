@@ -315,7 +315,7 @@ class VAE:
         ``x_val``, the held-out loss is evaluated once per epoch, training stops after ``patience`` epochs
         without improvement and the best networks are kept. ``checkpoint`` is written every
         ``checkpoint_every`` steps (default: every epoch) and at the end; ``resume=True`` continues from it.
-        ``elbo`` defaults to "jit-trace" ("meanfield" while annealing, as the compiled step would
+        ``elbo`` defaults to "jit-meanfield" ("meanfield" while annealing, as the compiled step would
         freeze the changing weight). Further keyword arguments go to :func:`inference.svi`.
 
         ``distributed=True`` (inside a torch.distributed group, see :mod:`inference.distributed`): x and
