@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import zoo
-from inference.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from inference.checkpoint import atomic_output, atomic_write_text, load_checkpoint, save_checkpoint
 from inference.errors import CheckpointError
 
 
@@ -51,3 +51,15 @@ def test_atomic_write_replaces_whole_files_only(tmp_path):
     assert path.read_text() == "x\n2\n"
     assert [p.name for p in path.parent.iterdir()] == ["result.csv"]      # no temporary file left
     assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)                # usual permissions
+
+
+def test_atomic_output_removes_a_failed_write(tmp_path):
+    target = tmp_path / "result.nc"
+    with atomic_output(target) as tmp:
+        tmp.write_text("first")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_text("half of the second")
+            raise RuntimeError("the writer crashed")
+    assert target.read_text() == "first"                              # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["result.nc"]      # and no temporary file is left

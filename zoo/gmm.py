@@ -909,10 +909,8 @@ def compare_methods(X, n_components=3, *, methods=METHODS, covariance_type="full
 def _write_comparison(out, X, fits, table, summary, gmm, truth, var_names):
     """Write figures (PNG), the tables (CSV) and every fit's InferenceData (netCDF), each atomically."""
     import io
-    import os
-    import tempfile
     from pathlib import Path
-    from inference.checkpoint import atomic_write_bytes, atomic_write_text
+    from inference.checkpoint import atomic_output, atomic_write_bytes, atomic_write_text
     from inference.plots import plot_losses, plot_posteriors
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -930,15 +928,8 @@ def _write_comparison(out, X, fits, table, summary, gmm, truth, var_names):
     written.append(atomic_write_text(out / "comparison.csv", table.to_csv(index=False)))
     written.append(atomic_write_text(out / "summary.csv", summary.to_csv()))
     for name, fit in fits.items():
-        idata = fit.to_inference_data(num_samples=500)
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".nc.tmp")
-        os.close(fd)
-        try:
-            idata.to_netcdf(tmp, engine="h5netcdf")
-            os.replace(tmp, out / f"{name}.nc")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_output(out / f"{name}.nc") as tmp:
+            fit.to_inference_data(num_samples=500).to_netcdf(tmp, engine="h5netcdf")
         written.append(out / f"{name}.nc")
     return written
 
