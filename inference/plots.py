@@ -75,7 +75,8 @@ def plot_posteriors(fits, var_names=None, *, num_samples=1000, seed=0, max_eleme
         fits: ``{method name: Fit}``; var_names: sites to show (default: those every fit has).
         num_samples, seed: draws taken from each non-MCMC fit (MCMC fits use all their draws).
         max_elements: show at most this many scalar elements (the first ones, in site order).
-        forest: add a panel with each method's mean (dot) and central ``interval`` (bar) per element.
+        forest: add a panel with each method's mean (dot) and central ``interval`` (bar) per element,
+            each element standardised by its pooled mean and sd so that all share one axis.
 
     Returns:
         the Figure: ``len(elements)`` density axes, each with one line per fit (a vertical line where a
@@ -129,17 +130,25 @@ def _densities(ax, samples):
 
 
 def _forest(ax, per_fit, labels, interval):
-    """Mean and central interval of each element, the methods side by side at each row."""
+    """Mean and central interval of each element, the methods side by side at each row.
+
+    Elements of different scales share one axis, so each row is standardised by the mean and sd of all
+    methods' draws of that element pooled: the panel shows how the methods differ, element by element.
+    """
     n = len(per_fit)
     offsets = (np.arange(n) - (n - 1) / 2) * (0.6 / max(n, 1))
     tail = (1 - interval) / 2
+    pooled = {label: np.concatenate([elements[label] for elements in per_fit.values()]) for label in labels}
+    center = {label: v.mean() for label, v in pooled.items()}
+    scale = {label: (v.std() if v.std() > 0 else 1.0) for label, v in pooled.items()}
     for i, (name, elements) in enumerate(per_fit.items()):
         y = np.arange(len(labels)) + offsets[i]
-        x = [elements[label] for label in labels]
+        x = [(elements[label] - center[label]) / scale[label] for label in labels]
         lo, hi = np.array([np.quantile(v, [tail, 1 - tail]) for v in x]).T
         ax.hlines(y, lo, hi, color=f"C{i}", linewidth=2)
         ax.plot([v.mean() for v in x], y, "o", color=f"C{i}", markersize=4, label=name)
     ax.set_yticks(np.arange(len(labels)), labels)
     ax.invert_yaxis()
-    ax.set_title(f"mean and {interval:.0%} interval", fontsize=10)
+    ax.set_title(f"mean and {interval:.0%} interval, standardised per element", fontsize=10)
+    ax.set_xlabel("(value − pooled mean) / pooled sd")
     ax.grid(axis="x", alpha=0.3)
