@@ -325,7 +325,7 @@ class GaussianMixture:
         self._start_cache = (None, None)
         if not self.converged_ and self.tol > 0:
             warnings.warn(f"EM did not converge in max_iter={self.max_iter} iterations (last change of the "
-                          f"mean log-likelihood {np.diff(best['trace'][-2:]).tolist()}, tol={self.tol}); "
+                          f"mean log-likelihood {float(np.diff(best['trace'][-2:]).sum()):.3g}, tol={self.tol}); "
                           f"increase max_iter or tol", ConvergenceWarning, stacklevel=2)
         return self
 
