@@ -67,7 +67,7 @@ def _run_list(args):
         ("fep", "simulate", "free-energy-principle thermostat agent (Buckley et al. 2017)"),
     ]
     for name, command, what in rows:
-        print(f"{name:10s} zoo {command} {name:10s} {what}")
+        print(f"{name:10s} {'zoo ' + command + ' ' + name:22s} {what}")
 
 
 # ---- zoo compare gmm -----------------------------------------
