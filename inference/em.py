@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
 from .result import Fit, point_mass_draw
-from .svi import _no_progress, _seeded, guide_sampler, make_elbo
+from .svi import _no_progress, guide_sampler, make_elbo, seeded
 
 
 def variational_em(model, guide, *data, max_iter=100, tol=1e-8, e_steps=50, m_steps=50, lr=1e-2,
@@ -56,7 +56,7 @@ def variational_em(model, guide, *data, max_iter=100, tol=1e-8, e_steps=50, m_st
     loss_fn = make_elbo(elbo or "enum", max_plate_nesting=max_plate_nesting)
     store = pyro.get_param_store()
 
-    with store.scope() as state, _seeded(seed):
+    with store.scope() as state, seeded(seed):
         model_names = _param_names(model, data)
         if not model_names:
             raise InvalidInputError("the model has no pyro.param sites: variational EM has no θ to fit "

@@ -3,12 +3,14 @@
 Both functions build a ``matplotlib.figure.Figure`` without pyplot's global state (safe under Agg, in
 tests and scripts); save it with ``fig.savefig("name.png")``, or let a notebook display it.
 """
+import io
 import math
 
 import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import gaussian_kde
 
+from .checkpoint import atomic_write_bytes
 from .diagnostics import _check_fits, _check_var_names, flat_elements, posterior_draws
 from .errors import InvalidInputError, check_positive
 
@@ -152,3 +154,12 @@ def _forest(ax, per_fit, labels, interval):
     ax.set_title(f"mean and {interval:.0%} interval, standardised per element", fontsize=10)
     ax.set_xlabel("(value − pooled mean) / pooled sd")
     ax.grid(axis="x", alpha=0.3)
+
+
+def save_figure(fig, path, dpi=110):
+    """Write ``fig`` to ``path`` as PNG atomically and release it (from pyplot too, if it was made there)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -18,7 +18,7 @@ trained in place.
 """
 import math
 import time
-from contextlib import ExitStack
+from contextlib import contextmanager
 
 import numpy as np
 import pyro
@@ -279,7 +279,7 @@ def guide_sampler(guide, data, state):
     Vectorised over a plate outside the guide's own plates when the guide allows it, else a loop.
     """
     def draw(num_samples, seed):
-        with pyro.get_param_store().scope(state), torch.no_grad(), _seeded(seed):
+        with pyro.get_param_store().scope(state), torch.no_grad(), seeded(seed):
             one = poutine.trace(guide).get_trace(*data)
             sites = {n: s for n, s in one.nodes.items() if _is_latent(s)}
             nesting = max([-f.dim for s in sites.values() for f in s["cond_indep_stack"]
@@ -305,7 +305,7 @@ def importance_log_weights(model, guide, data, state, elbo_name, max_plate_nesti
 
     def log_weights(num_samples, seed):
         loss_fn = make_elbo(name, max_plate_nesting=max_plate_nesting)
-        with pyro.get_param_store().scope(state), torch.no_grad(), _seeded(seed):
+        with pyro.get_param_store().scope(state), torch.no_grad(), seeded(seed):
             return np.array([-loss_fn.loss(model, guide, *data) for _ in range(num_samples)])
     return log_weights
 
@@ -467,18 +467,13 @@ def _is_latent(site):
             and not site["infer"].get("_do_not_trace", False))
 
 
-class _seeded:
-    """Seed torch (and Pyro's other generators) inside the block, restoring the outer state after."""
-
-    def __init__(self, seed):
-        self.seed, self.stack = seed, ExitStack()
-
-    def __enter__(self):
-        self.stack.enter_context(torch.random.fork_rng(devices=[]))
-        pyro.set_rng_seed(self.seed)
-
-    def __exit__(self, *exc):
-        return self.stack.__exit__(*exc)
+@contextmanager
+def seeded(seed):
+    """Seed torch's generator (the one Pyro samples from) inside the block; the outer state is restored
+    after, so drawing from a fit never disturbs the caller's random stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _no_progress(progress):

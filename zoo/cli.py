@@ -251,16 +251,15 @@ def _fit_vae_rank(args):
 
 
 def _fit_vae(args, device):
-    import io
     import json
     from pathlib import Path
 
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from inference import distributed
-    from inference.checkpoint import atomic_write_bytes, atomic_write_text
+    from inference.checkpoint import atomic_write_text
+    from inference.plots import save_figure
     import numpy as np
 
     from zoo import metrics, vae as vae_mod
@@ -316,11 +315,7 @@ def _fit_vae(args, device):
         "losses.png": lambda: vae_mod.plot_losses(model),
     }
     for name, make in figures.items():
-        fig = make()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        plt.close(fig)
-        atomic_write_bytes(out / name, buffer.getvalue())
+        save_figure(make(), out / name, dpi=100)
     model.save(out / "model.pt")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"test ELBO {summary['test_elbo']:.3f}  IWAE(k={args.iwae_k}) {summary['test_iwae']:.3f}  "
@@ -359,10 +354,10 @@ def _add_simulate_fep(models):
 
 
 def _run_simulate_fep(args):
-    import io
     from pathlib import Path
 
-    from inference.checkpoint import atomic_write_bytes, atomic_write_text
+    from inference.checkpoint import atomic_write_text
+    from inference.plots import save_figure
     from inference.errors import InvalidInputError
     from zoo import fep
 
@@ -370,13 +365,6 @@ def _run_simulate_fep(args):
                     t_end=args.t_end, action_onset=args.action_onset, x0=args.x0, T0=args.T0, order=args.order,
                     noise=args.noise, seed=args.seed, record_every=args.record_every, progress=args.progress)
     out = Path(args.out)
-
-    def save_figure(fig, name):
-        import matplotlib.pyplot as plt
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        return atomic_write_bytes(out / name, buf.getvalue())
 
     values = None
     if args.sweep is not None:
@@ -389,7 +377,7 @@ def _run_simulate_fep(args):
 
     table = fep.simulate(sigma_z=args.sigma_z, sigma_w=args.sigma_w, **settings)
     written = [atomic_write_text(out / "trajectory.csv", table.to_csv(index=False)),
-               save_figure(fep.plot_trajectories(table, action_onset=args.action_onset), "trajectory.png")]
+               save_figure(fep.plot_trajectories(table, action_onset=args.action_onset), out / "trajectory.png")]
     before = table[table["t"] <= args.action_onset]
     print(f"perception alone: mu -> {before['mu'].iloc[-1]:.4g} at t = {before['t'].iloc[-1]:g}; "
           f"F {table['F'].iloc[0]:.4g} -> {before['F'].iloc[-1]:.4g}")
@@ -398,7 +386,7 @@ def _run_simulate_fep(args):
     if values is not None:
         grid = fep.sweep(values, values, **settings)
         written += [atomic_write_text(out / "sweep.csv", grid.to_csv(index=False)),
-                    save_figure(fep.plot_sweep(grid, T_desire=args.T_desire), "sweep.png")]
+                    save_figure(fep.plot_sweep(grid, T_desire=args.T_desire), out / "sweep.png")]
         print(f"sweep: {len(values) ** 2} agents over sigma_z, sigma_w in {values}")
     print("wrote " + ", ".join(str(p) for p in written))
 

@@ -25,7 +25,6 @@ Pyro: :meth:`GaussianMixture.model` is the classic model (π, μ, Σ as ``pyro.p
 priors on them, for ``inference.svi`` with :attr:`GaussianMixture.bayes_guide`, ``inference.laplace`` and
 ``inference.nuts``. :func:`match_components` undoes label switching between fits.
 """
-import contextlib
 import math
 import warnings
 
@@ -38,6 +37,7 @@ from pyro.distributions import constraints
 
 from inference import distributed as dist_
 from inference.errors import InvalidInputError, check_choice, check_positive
+from inference.svi import seeded
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 INITS = ("kmeans++", "kmeans", "random")
@@ -395,7 +395,7 @@ class GaussianMixture:
 
     def _initialize(self, X, center, gen):
         """Starting (weights [K], centred means [K, D], covariances) in float64."""
-        K, (N, D) = self.n_components, X.shape
+        K, D = self.n_components, X.shape[1]
         given = self.init if not isinstance(self.init, str) else None
         if given is not None:
             means = torch.as_tensor(np.asarray(given, dtype=np.float64) if not torch.is_tensor(given)
@@ -691,23 +691,12 @@ class GaussianMixture:
             draws = [{k: v[s] for k, v in samples.items()} for s in range(S.pop())]
             model = self.bayes_model
         out = []
-        with pyro.get_param_store().scope(), _seeded(seed):
+        with pyro.get_param_store().scope(), seeded(seed):
             for d in draws:
                 conditioned = poutine.condition(model, data=d) if samples is not None else model
                 sampler = infer_discrete(conditioned, first_available_dim=-2, temperature=temperature)
                 out.append(poutine.trace(sampler).get_trace(X).nodes["z"]["value"])
         return torch.stack(out)
-
-
-@contextlib.contextmanager
-def _seeded(seed):
-    """Seed torch's global RNG (which Pyro samples from) inside the block, and restore it after."""
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(state)
 
 
 def _describe(init):
@@ -908,23 +897,17 @@ def compare_methods(X, n_components=3, *, methods=METHODS, covariance_type="full
 
 def _write_comparison(out, X, fits, table, summary, gmm, truth, var_names):
     """Write figures (PNG), the tables (CSV) and every fit's InferenceData (netCDF), each atomically."""
-    import io
     from pathlib import Path
-    from inference.checkpoint import atomic_output, atomic_write_bytes, atomic_write_text
-    from inference.plots import plot_losses, plot_posteriors
+    from inference.checkpoint import atomic_output, atomic_write_text
+    from inference.plots import plot_losses, plot_posteriors, save_figure
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
-    def save_figure(fig, name):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        written.append(atomic_write_bytes(out / name, buf.getvalue()))
-
-    save_figure(plot_losses(fits, title="Negative log-likelihood / ELBO / potential per step"),
-                "losses.png")
-    save_figure(plot_posteriors(fits, var_names=var_names), "posteriors.png")
-    save_figure(_plot_clusters(X, fits, gmm, truth), "clusters.png")
+    figures = {"losses.png": plot_losses(fits, title="Negative log-likelihood / ELBO / potential per step"),
+               "posteriors.png": plot_posteriors(fits, var_names=var_names),
+               "clusters.png": _plot_clusters(X, fits, gmm, truth)}
+    written += [save_figure(fig, out / name) for name, fig in figures.items()]
     written.append(atomic_write_text(out / "comparison.csv", table.to_csv(index=False)))
     written.append(atomic_write_text(out / "summary.csv", summary.to_csv()))
     for name, fit in fits.items():
