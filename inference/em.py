@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
+from .optim import make_optimizer
 from .result import Fit, point_mass_draw
 from .svi import _no_progress, guide_sampler, make_elbo, seeded
 
@@ -71,10 +72,10 @@ def variational_em(model, guide, *data, max_iter=100, tol=1e-8, e_steps=50, m_st
         else:
             phi_names = [n for n in _param_names(guide, data) if n not in model_names]
             phi = [store.get_param(n).unconstrained() for n in phi_names]
-            e_opt = torch.optim.Adam(phi, lr=lr) if phi else None
+            e_opt = make_optimizer("adam", phi, lr=lr) if phi else None
         m_opt = (torch.optim.LBFGS(theta, lr=1.0, max_iter=m_steps, tolerance_grad=1e-12,
                                    tolerance_change=1e-14, history_size=50, line_search_fn="strong_wolfe")
-                 if m_step == "lbfgs" else torch.optim.Adam(theta, lr=lr))
+                 if m_step == "lbfgs" else make_optimizer("adam", theta, lr=lr))
 
         def objective(q):
             return loss_fn.differentiable_loss(model, q, *data)

@@ -1,6 +1,4 @@
 """Disentanglement metrics on codes whose relation to the factors is known by construction."""
-import math
-
 import numpy as np
 import pytest
 import torch

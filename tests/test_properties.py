@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pyro
 import pyro.distributions as dist
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

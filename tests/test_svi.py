@@ -279,3 +279,41 @@ def test_point_mass_guides_have_no_importance_weights(x):
     for guide in (AutoNormal, AutoMultivariateNormal):   # the latter places Deltas of an auxiliary site
         assert inference.svi(normal_mean_model, guide(normal_mean_model), x, steps=5,
                              progress=False).log_weights is not None
+
+
+def test_compiled_meanfield_elbo_equals_the_eager_one_and_compiles_once():
+    # Same seed, same draws: the traced graph must give the eager TraceMeanField_ELBO's loss and gradients.
+    from inference.svi import make_elbo, scale_plate
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    y = X @ torch.tensor([1.0, -2.0, 0.5]) + torch.randn(64, generator=torch.Generator().manual_seed(1))
+    guide = AutoNormal(regression_model)
+    results = []
+    with pyro.get_param_store().scope():
+        for name in ("meanfield", "jit-meanfield"):
+            elbo = make_elbo(name)
+            for batch in (slice(0, 16), slice(16, 32), slice(0, 8)):   # a second shape compiles anew
+                with scale_plate("data", 4.0):
+                    elbo.loss_and_grads(regression_model, guide, X[batch], y[batch])  # (compiles)
+                    for p in pyro.get_param_store().values():
+                        p.unconstrained().grad = None
+                    pyro.set_rng_seed(3)
+                    loss = elbo.loss_and_grads(regression_model, guide, X[batch], y[batch])
+                grads = {n: p.unconstrained().grad.clone() for n, p in pyro.get_param_store().items()}
+                for p in pyro.get_param_store().values():
+                    p.unconstrained().grad = None
+                results.append((loss, grads))
+        assert len(elbo._graphs) == 2
+
+        class Holder:
+            def model(self, X, y):
+                regression_model(X, y)
+
+        holder = Holder()
+        with scale_plate("data", 4.0):
+            for _ in range(3):      # a bound method is a new object on every fetch: still one graph
+                elbo.loss_and_grads(holder.model, guide, X[:16], y[:16])
+        assert len(elbo._graphs) == 3
+    for (eager_loss, eager_grads), (jit_loss, jit_grads) in zip(results[:3], results[3:]):
+        assert jit_loss == pytest.approx(eager_loss, rel=1e-6)
+        for n in eager_grads:
+            torch.testing.assert_close(jit_grads[n], eager_grads[n], rtol=1e-5, atol=1e-6)

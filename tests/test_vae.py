@@ -17,6 +17,7 @@ import inference
 import zoo
 from inference.errors import InvalidInputError, NonFiniteError
 from zoo.data import digits, shapes
+from zoo.metrics import mig
 from zoo.vae import VAE, BetaVAE, iwae_bound, kl_decomposition
 
 D, L, SIGMA = 4, 2, 0.5
@@ -145,21 +146,31 @@ def test_training_improves_the_test_elbo_and_early_stopping_keeps_the_best():
     assert -vae.elbo(x_test, num_samples=50) * len(x_train) == pytest.approx(best, rel=0.02)
 
 
-def test_vae_reconstructs_shapes_better_than_the_beta_vae():
-    # squares at 6 scales and 32 x 32 positions, 16 x 16 pixels, flattened for a small MLP (1 s a fit)
-    x, _ = shapes(2048, size=16, grid={"shape": 1, "orientation": 1})
+def test_beta_vae_disentangles_more_and_the_vae_reconstructs_better():
+    # A square at 32 x 32 positions (x, y: the two factors), 32 x 32 pixels, 10 latents, a small MLP; the
+    # same data, networks, epochs and five seeds for beta = 1 and beta = 16 (5 s a fit).
+    # beta pays 16x for every nat in z: it keeps few latents active, and a diagonal posterior makes the
+    # cheapest code one latent per independent factor (MIG up); the VAE spends its nats over all ten
+    # latents, so each factor is spread thin (MIG near 0), and it reconstructs far better (MATH.md §3).
+    # At this CPU budget MIG is small and seed-dependent (Locatello et al. 2019), so the test compares means
+    # over seeds. The setting was chosen on seeds 10-19 before this test ran; benchmarks/
+    # vae_disentanglement.py on those seeds: beta = 16 ahead in 7/10, mean MIG 0.043 vs 0.029,
+    # reconstruction -84 vs -23 nats, KL 4.8 vs 21 nats.
+    x, factors = shapes(size=32, grid={"shape": 1, "scale": 1, "orientation": 1})
     x = x.flatten(1)
-    x_train, x_test = x[:1536], x[1536:]
-    recs, kls = {}, {}
-    for beta in (1.0, 8.0):
-        vae = VAE(latent_dim=4, hidden=(128,), beta=beta).fit(x_train, epochs=10, batch_size=64, lr=3e-3,
-                                                              progress=False, seed=0)
-        rec, kl = vae.elbo_parts(x_test, num_samples=5)
-        recs[beta], kls[beta] = rec.mean().item(), kl.mean().item()
-    # beta = 8 pays 8x for every nat in z, so it keeps less information and reconstructs worse (MATH.md §3);
-    # measured margins are ~28 nats and ~6 nats over three seeds
-    assert kls[8.0] < kls[1.0] - 2
-    assert recs[1.0] > recs[8.0] + 10
+    migs, recs, kls = {1.0: [], 16.0: []}, {1.0: [], 16.0: []}, {1.0: [], 16.0: []}
+    for seed in range(5):
+        for beta in migs:
+            vae = VAE(latent_dim=10, hidden=(256,), beta=beta).fit(x, epochs=60, batch_size=64, lr=1e-3,
+                                                                   seed=seed, progress=False)
+            migs[beta].append(mig(vae.codes(x), factors))
+            rec, kl = vae.elbo_parts(x, num_samples=2)
+            recs[beta].append(rec.mean().item())
+            kls[beta].append(kl.mean().item())
+    assert sum(migs[16.0]) > sum(migs[1.0]), migs
+    # on every seed: the beta-VAE keeps fewer nats about x and so reconstructs worse
+    assert max(kls[16.0]) < min(kls[1.0]), kls
+    assert min(recs[1.0]) > max(recs[16.0]), recs
 
 
 def test_checkpoint_resume_continues_the_same_run(tmp_path):
