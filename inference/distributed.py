@@ -53,12 +53,8 @@ def setup(rank=None, world_size=None, *, device="cpu", backend=None, master_addr
     elif device.type != "cpu":
         raise InvalidInputError(f"device must be 'cpu' or 'cuda', got {str(device)!r}")
     if not dist.is_initialized():
-        env.setdefault("MASTER_ADDR", master_addr or "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(master_port or 29500))
-        if master_addr:
-            env["MASTER_ADDR"] = master_addr
-        if master_port:
-            env["MASTER_PORT"] = str(master_port)
+        env["MASTER_ADDR"] = master_addr or env.get("MASTER_ADDR", "127.0.0.1")
+        env["MASTER_PORT"] = str(master_port or env.get("MASTER_PORT", 29500))
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 device_id=device if device.type == "cuda" else None)
@@ -171,9 +167,7 @@ def mean(value, device=None):
     """The mean of a float over all ranks (the value itself in a single process)."""
     if not is_distributed():
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device or _comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item()) / dist.get_world_size()
+    return total(float(value), device) / dist.get_world_size()
 
 
 def total(value, device=None, op="sum"):

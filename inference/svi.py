@@ -388,7 +388,8 @@ class _Batches:
         self.perm, self.pos = None, self.per_epoch
 
     def first(self):
-        return self.data if self.batch_size is None else self._slice(torch.arange(self.batch_size))
+        return self.data if self.batch_size is None else \
+            self._slice(torch.arange(self.batch_size, device=self.device))
 
     def next(self):
         if self.batch_size is None:
@@ -401,7 +402,6 @@ class _Batches:
         return self._slice(idx)
 
     def _slice(self, idx):
-        idx = idx.to(self.device)
         return tuple(a[idx] if torch.is_tensor(a) else a for a in self.data)
 
     def scaled(self, plate_name, scale=None):
@@ -415,7 +415,8 @@ class _Batches:
     def load(self, state):
         if self.batch_size is not None:
             self.generator.set_state(state["generator"])
-            self.perm, self.pos = state["perm"], state["pos"]
+            perm = state["perm"]
+            self.perm, self.pos = (None if perm is None else perm.to(self.device)), state["pos"]
 
 
 class _EarlyStopping:

@@ -8,6 +8,8 @@ import math
 import sys
 
 import numpy as np
+import pyro
+import pyro.distributions as pdist
 import pytest
 import torch
 from scipy import stats
@@ -32,6 +34,23 @@ def _mixture():
     return mix.X, settings
 
 
+def _normal_mean(y):
+    # a model whose parameters are pyro.params, not an nn.Module that DistributedDataParallel could wrap
+    mu = pyro.sample("mu", pdist.Normal(0.0, 10.0))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", pdist.Normal(mu, 1.0), obs=y)
+
+
+def _normal_mean_guide(y):
+    loc = pyro.param("loc", torch.tensor(0.0))
+    scale = pyro.param("scale", torch.tensor(1.0), constraint=pdist.constraints.positive)
+    pyro.sample("mu", pdist.Normal(loc, scale))
+
+
+def _y():
+    return torch.randn(400, generator=torch.Generator().manual_seed(3)) + 2.0
+
+
 def _params(vae):
     return [p.detach().clone() for m in (vae.encoder_, vae.decoder_) for p in m.parameters()]
 
@@ -50,6 +69,13 @@ def _work(tmp):
     gmm = GaussianMixture(**settings, distributed=True).fit(distributed.shard(X))
     out["gmm"] = {k: getattr(gmm, k) for k in ("weights_", "means_", "covariances_")}
     out["gmm_trace"] = torch.as_tensor(gmm.log_likelihood_trace_)
+
+    y = _y()
+    fit = inference.svi(_normal_mean, _normal_mean_guide, distributed.shard(y), steps=500, lr=0.05,
+                        schedule="exponential",
+                        batch_size=50, data_size=len(y), seed=distributed.rank_seed(0), progress=False,
+                        distributed=True, grad_hook=distributed.average_gradients)
+    out["hook_params"] = distributed.gather_object({k: v.clone() for k, v in fit.params.items()})
 
     x, x_test, _, _ = digits()
     try:
@@ -126,6 +152,17 @@ def test_parameters_are_identical_across_ranks(results):
     # DDP averages the gradients in the backward pass, so every rank takes the same Adam step. The ranks
     # saw different minibatches and noise: without the averaging their parameters would differ.
     assert all(torch.equal(a, b) for a, b in zip(rank0, rank1))
+
+
+def test_average_gradients_hook_keeps_pyro_params_identical_across_ranks(results):
+    rank0, rank1 = results[0]["hook_params"]
+    # Each rank drew its own minibatches and noise; only the averaged gradients keep them equal.
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    # and the averaged gradient is the full-data one: the guide finds the conjugate posterior of mu
+    y = _y()
+    precision = 1 / 10.0 ** 2 + len(y)
+    mean, sd = float(y.sum()) / precision, precision ** -0.5
+    assert abs(rank0["loc"].item() - mean) < 0.5 * sd
 
 
 def test_distributed_vae_matches_single_process_training_with_the_same_total_batch(results):
