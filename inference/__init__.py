@@ -3,21 +3,25 @@
 This package knows nothing of the models in ``zoo``: every function takes plain Pyro callables.
 
     fit = inference.svi(model, guide, *data, steps=2000, optimizer="adam", lr=1e-2, elbo="trace")
+    fit = inference.svi(model, inference.guide(model, "fullrank"), *data)   # guide families by name
     fit = inference.variational_em(model, guide_or_None, *data)
     fit = inference.laplace(model, *data)
     fit = inference.nuts(model, *data, num_samples=1000, warmup_steps=500)
+    fit.diagnostics["converged"]     # the fit's verdict; inference.ConvergenceWarning when it is False
+    fit.samples(1000, reweight=True) # Laplace/SVI draws corrected by Pareto-smoothed importance sampling
     table = inference.compare({"svi": f1, "laplace": f2, "nuts": f3}, reference="nuts")
     fig = inference.plot_losses({...}); fig = inference.plot_posteriors({...})
 """
 from .diagnostics import compare, summarize
 from .em import variational_em
-from .errors import CheckpointError, InvalidInputError, NonFiniteError, ZooError
+from .guides import GUIDES, guide
+from .errors import CheckpointError, ConvergenceWarning, InvalidInputError, NonFiniteError, ZooError
 from .laplace import laplace
 from .mcmc import nuts
 from .plots import plot_losses, plot_posteriors
 from .result import Fit, point_mass_draw
 from .svi import svi
 
-__all__ = ["svi", "variational_em", "laplace", "nuts", "compare", "summarize", "plot_losses",
+__all__ = ["svi", "variational_em", "laplace", "nuts", "guide", "GUIDES", "compare", "summarize", "plot_losses",
            "plot_posteriors", "Fit", "point_mass_draw",
-           "ZooError", "InvalidInputError", "NonFiniteError", "CheckpointError"]
+           "ZooError", "InvalidInputError", "NonFiniteError", "CheckpointError", "ConvergenceWarning"]

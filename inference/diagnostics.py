@@ -9,20 +9,15 @@ names) the table holds the posterior mean and sd, and, against the reference fit
 and the Pareto k-hat of PSIS applied to the importance weights p(x, z) / q(z), z ~ q (Yao et al. 2018,
 "Yes, but did it work?"): k-hat < 0.5 the approximation is close enough for importance sampling to fix
 it, 0.5-0.7 usable, > 0.7 the approximation cannot be trusted. k-hat is one number per method and needs
-``Fit.log_weights`` (Laplace, and SVI where the guide provides it); it is NaN otherwise, and 0 when all
+``Fit.importance`` (Laplace, and SVI where the guide provides it); it is NaN otherwise, and 0 when all
 weights are equal (q is exactly the posterior, where the Pareto fit is undefined).
 """
-import warnings
-
 import numpy as np
 import pandas as pd
 
+from . import verdict
 from .errors import InvalidInputError, check_positive
 from .result import Fit, _numpy
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)  # arviz 0.23 announces its 1.0 refactor on import
-    import arviz as az
 
 COLUMNS = ["method", "variable", "mean", "sd", "error", "sd_ratio", "khat", "seconds"]
 
@@ -134,16 +129,5 @@ def _check_var_names(draws, var_names):
 
 def _khat(fit, num_samples, seed):
     """Pareto k-hat of PSIS on the fit's log importance weights; NaN where it has none."""
-    if fit.log_weights is None:
-        return np.nan
-    log_weights = np.asarray(fit.log_weights(num_samples, seed), dtype=float)
-    if np.isnan(log_weights).any() or not np.isfinite(log_weights).any():
-        return np.nan
-    finite = log_weights[np.isfinite(log_weights)]
-    if finite.size == log_weights.size and np.ptp(finite) <= 1e-6 * max(1.0, np.abs(finite).max()):
-        return 0.0  # equal weights: q is the posterior itself (a Gaussian posterior's Laplace fit)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # arviz warns when k-hat > 0.7: the table reports it instead
-        _, khat = az.psislw(log_weights)
-    return float(khat)
-
+    log_weights = fit.log_weights(num_samples, seed)
+    return np.nan if log_weights is None else verdict.psis(log_weights)[1]

@@ -25,6 +25,7 @@ import pyro.poutine as poutine
 import torch
 from tqdm import tqdm
 
+from . import verdict
 from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
 from .optim import make_optimizer
 from .result import Fit, point_mass_draw
@@ -47,7 +48,11 @@ def variational_em(model, guide, *data, max_iter=100, tol=1e-8, e_steps=50, m_st
     Returns:
         Fit with method "variational_em": losses[t] = −F after the t-th E-step (= −log p(x; θ_t) with the
         exact E-step; losses[0] is at the starting θ), params = θ, draw = θ as a point mass (merged with
-        the guide's latent draws when there is a guide), diagnostics: n_iter, converged.
+        the guide's latent draws when there is a guide), diagnostics: n_iter, and the verdict
+        "converged", "warnings", "khat" (NaN: θ is a point estimate, with no density to weigh).
+
+    Warns:
+        ConvergenceWarning when max_iter rounds passed before the relative change fell below tol.
     """
     check_data(data)
     check_positive("max_iter", max_iter, integer=True)
@@ -115,8 +120,13 @@ def variational_em(model, guide, *data, max_iter=100, tol=1e-8, e_steps=50, m_st
     draw = point_mass_draw(params)
     if guide is not None:
         draw = _merge_draws(draw, guide_sampler(guide, data, state))
+    diagnostics = {"n_iter": len(losses) - 1, "khat": np.nan,
+                   "khat_skipped": "θ is a point estimate: it has no density to weigh"}
+    reason = None if converged else (f"the loss still changed by more than tol={tol:g} (relative) after "
+                                     f"max_iter={max_iter} rounds: raise max_iter")
+    verdict.deliver("variational_em", diagnostics, [reason], stacklevel=2)
     return Fit(method="variational_em", losses=np.asarray(losses), seconds=seconds, params=params,
-               draw=draw, diagnostics={"n_iter": len(losses) - 1, "converged": converged})
+               draw=draw, diagnostics=diagnostics)
 
 
 def _m_step(opt, kind, steps, loss, theta):

@@ -24,6 +24,12 @@ class CheckpointError(ZooError, OSError):
     """A checkpoint file is missing, truncated, tampered with or from another run."""
 
 
+class ConvergenceWarning(UserWarning):
+    """A fit finished but cannot be trusted: the loss had not settled, the approximation is far from the
+    posterior (PSIS k-hat), or the sampler did not mix. Silence it the standard way,
+    ``warnings.simplefilter("ignore", inference.ConvergenceWarning)``."""
+
+
 def check_choice(name, value, choices):
     """Return ``value`` if it is one of ``choices``, else raise naming the valid ones."""
     if value not in choices:
@@ -59,7 +65,16 @@ def check_data(args, what="data argument"):
     return args
 
 
+# What a mistake in a model or guide raises from inside Pyro or torch: a value outside a support
+# (ValueError), a shape mismatch (RuntimeError), a sample from an improper prior or an unsupported
+# construct (NotImplementedError), a wrong argument (TypeError), a missing site or parameter (KeyError).
+MODEL_ERRORS = (ValueError, RuntimeError, NotImplementedError, TypeError, KeyError, IndexError)
+
+
 def model_error(e, where):
-    """Wrap a ValueError raised inside a model or guide (a shape mismatch, a value outside a
+    """Wrap an exception raised inside a model or guide (a shape mismatch, a value outside a
     distribution's support) as the project's error, keeping Pyro's message, which names the site."""
-    return InvalidInputError(f"the model or guide failed {where}: {str(e).strip()}")
+    if isinstance(e, ZooError):
+        return e
+    message = str(e).strip() or type(e).__name__
+    return InvalidInputError(f"the model or guide failed {where}: {type(e).__name__}: {message}")

@@ -26,12 +26,17 @@ from pyro import poutine
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_median, init_to_value
 from pyro.infer.mcmc.util import initialize_model
 
+from . import verdict
 from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
+from .init import improper_priors_start_at_zero
 from .result import Fit
+
+KHAT_DRAWS = 1000     # draws behind the verdict's k-hat
+NEWTON_LIMIT = 0.01   # the mode may be off by at most this many posterior sds
 
 
 def laplace(model, *data, init=None, optimize=True, max_iter=500, tol=1e-9, max_plate_nesting=None,
-            seed=0):
+            seed=0, check=True):
     """Fit a Laplace approximation to the posterior of ``model(*data)``.
 
     Args:
@@ -46,15 +51,21 @@ def laplace(model, *data, init=None, optimize=True, max_iter=500, tol=1e-9, max_
         max_iter: most L-BFGS iterations.
         tol: stop when an iteration changes U by less than ``tol * max(1, |U|)``.
         seed: seeds Pyro's RNG for the prior-median initialisation.
+        check: judge the fit (below); False skips the k-hat draws, for callers that judge it themselves.
 
     Returns:
         Fit with method "laplace": ``losses`` is U per L-BFGS iteration (its first entry at the
         start point); ``params`` the point (constrained value per site); ``draw``/``samples`` sample
-        q and map back to each site's shape and support; ``log_weights`` gives -U(u) - log q(u) at
-        u ~ q (for PSIS k-hat). ``diagnostics``: "hessian" [d, d], "covariance" (H^-1),
+        q and map back to each site's shape and support; ``importance`` gives draws and -U(u) - log q(u) at
+        u ~ q (for PSIS k-hat and reweighted draws). ``diagnostics``: "hessian" [d, d], "covariance" (H^-1),
         "log_det_hessian", "potential" (U at the point), "gradient" (dU/du there), "loc" (u*), "sites"
-        (site -> slice of u), "log_evidence", "converged", "n_iter", "normal" (q as a
-        torch MultivariateNormal).
+        (site -> slice of u), "log_evidence", "lbfgs_converged", "n_iter", "normal" (q as a
+        torch MultivariateNormal), and the verdict: "khat" and "newton_sds" = sqrt(gᵀ H⁻¹ g), the length
+        of the Newton step still left at the point, in posterior sds.
+
+    Warns:
+        ConvergenceWarning when L-BFGS stopped at max_iter, the Newton step left exceeds 0.01 posterior
+        sds (the gradient is not small relative to the curvature), or k-hat > 0.7.
 
     Raises:
         InvalidInputError: NaN data, a model without continuous latent sites, unknown ``init`` sites,
@@ -80,7 +91,22 @@ def laplace(model, *data, init=None, optimize=True, max_iter=500, tol=1e-9, max_
         fit = _laplace(model, data, out_dtype, out_dtype, init, optimize, max_iter, tol,
                        max_plate_nesting, seed)
     fit.seconds = time.perf_counter() - start
+    if check:
+        judge(fit)
     return fit
+
+
+def judge(fit):
+    """The verdict of a Laplace fit: the mode was reached, and q is close to the posterior (k-hat)."""
+    d = fit.diagnostics
+    _, d["khat"], _ = verdict.psis(fit.log_weights(KHAT_DRAWS, 0))
+    reasons = [verdict.khat_reason(d["khat"], "the Gaussian at the mode")]
+    if d["optimized"] and not d["lbfgs_converged"]:
+        reasons.append(f"L-BFGS stopped at max_iter={d['n_iter']} before the potential settled")
+    if d["optimized"] and not d["newton_sds"] <= NEWTON_LIMIT:
+        reasons.append(f"the gradient is not small at the point found: the mode lies about "
+                       f"{d['newton_sds']:.2g} posterior sds away (raise max_iter or give a better init)")
+    verdict.deliver("laplace", d, reasons, stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -104,7 +130,7 @@ class _FlatPotential:
         strategy = _init_to_values_in_support(values) if values else init_to_median()
         where = f"init={sorted(values)}" if values else "the prior median"
         pyro.set_rng_seed(seed)
-        with _default_dtype(dtype):
+        with _default_dtype(dtype), improper_priors_start_at_zero():
             try:
                 if max_plate_nesting is None:
                     max_plate_nesting = _max_plate_nesting(model, data, strategy)
@@ -115,8 +141,8 @@ class _FlatPotential:
                     raise InvalidInputError(f"laplace needs the full data set: {e}") from None
                 first_line = str(e).splitlines()[0]
                 raise InvalidInputError(f"the model cannot start at {where}: {first_line}; give "
-                                        "init={site: value} for sites whose prior cannot be sampled "
-                                        "(e.g. ImproperUniform)") from None
+                                        "init={site: value} for sites whose prior cannot be sampled") \
+                    from None
             except ValueError as e:
                 if isinstance(e, InvalidInputError):
                     raise
@@ -155,6 +181,12 @@ class _FlatPotential:
     def __call__(self, u):
         with _default_dtype(self.dtype):
             return self.potential_fn(self.unflatten(u))
+
+    def many(self, u):
+        """U at each row of u [n, d] -> [n], without gradients. (A row at a time: Pyro's tracing reads
+        ``tensor.data``, which torch.func.vmap forbids.)"""
+        with torch.no_grad(), pyro.validation_enabled(False):
+            return torch.stack([self(x) for x in u])
 
     def constrain(self, u):
         """Flat u [..., d] -> {site: constrained value [..., *site_shape]}."""
@@ -214,10 +246,9 @@ def _laplace(model, data, dtype, out_dtype, init, optimize, max_iter, tol, max_p
             value, grad, H = _derivatives(U, u, where)
             L = _cholesky(U, H, where)
     losses.append(float(value))
-    if optimize and not converged:
-        warnings.warn(f"laplace: L-BFGS did not converge in max_iter={n_iter} iterations "
-                      f"(max |dU/du| = {grad.abs().max():.3g})", RuntimeWarning, stacklevel=3)
-    return _make_fit(U, u, value, grad, H, L, losses, converged, n_iter, out_dtype)
+    fit = _make_fit(U, u, value, grad, H, L, losses, converged, n_iter, out_dtype)
+    fit.diagnostics["optimized"] = optimize
+    return fit
 
 
 def _minimize(U, u0, max_iter, tol):
@@ -314,19 +345,19 @@ def _make_fit(U, u, value, grad, H, L, losses, converged, n_iter, out_dtype):
         draws, _ = sample(num_samples, seed)
         return {n: v.to(out_dtype) for n, v in U.constrain(draws).items()}
 
-    def log_weights(num_samples, seed=0):
+    def importance(num_samples, seed=0):
         draws, log_q = sample(num_samples, seed)
-        with torch.no_grad():
-            log_p = torch.stack([-U(x) for x in draws])
-        return (log_p - log_q).numpy()
+        constrained = {n: v.to(out_dtype) for n, v in U.constrain(draws).items()}
+        return constrained, (-U.many(draws) - log_q).numpy()
 
     point = {n: v.detach().to(out_dtype) for n, v in U.constrain(u).items()}
     diagnostics = {
         "hessian": H, "covariance": covariance, "log_det_hessian": float(log_det),
         "potential": float(value), "gradient": grad, "loc": u, "sites": dict(U.sites),
         "log_evidence": float(-value + 0.5 * d * math.log(2 * math.pi) - 0.5 * log_det),
-        "converged": converged, "n_iter": n_iter,
+        "lbfgs_converged": converged, "n_iter": n_iter,
+        "newton_sds": float(grad @ torch.cholesky_solve(grad[:, None], L)[:, 0]) ** 0.5,
         "normal": torch.distributions.MultivariateNormal(u, precision_matrix=H),
     }
     return Fit(method="laplace", losses=np.asarray(losses, dtype=float), seconds=0.0, draw=draw,
-               params=point, diagnostics=diagnostics, log_weights=log_weights)
+               params=point, diagnostics=diagnostics, importance=importance)

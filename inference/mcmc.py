@@ -15,8 +15,13 @@ import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_uniform, init_to_value
 
-from .errors import InvalidInputError, ZooError, check_data, check_positive
+from . import verdict
+from .errors import MODEL_ERRORS, InvalidInputError, check_data, check_positive, model_error
+from .init import improper_priors_start_at_zero
 from .result import Fit
+
+RHAT_LIMIT = 1.01      # Vehtari et al. (2021): split R-hat above it, the chains disagree
+ESS_PER_CHAIN = 100    # ... and fewer bulk effective draws than this per chain are too few to trust
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # arviz 0.23 announces its 1.0 refactor on import
@@ -24,7 +29,7 @@ with warnings.catch_warnings():
 
 
 def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0, target_accept_prob=0.8,
-         max_tree_depth=10, max_plate_nesting=None, progress=None, init=None):
+         max_tree_depth=10, max_plate_nesting=None, progress=None, init=None, dense_mass=False):
     """Sample the posterior of ``model(*data)`` with NUTS.
 
     Args:
@@ -36,14 +41,20 @@ def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0,
         target_accept_prob, max_tree_depth: NUTS settings (Hoffman & Gelman 2014).
         progress: show Pyro's progress bar (default: when stderr is a terminal).
         init: optional ``{site: constrained value}`` starting point (else uniform in (-2, 2) on the
-            unconstrained space, Pyro's default).
+            unconstrained space, Pyro's default; improper priors included).
+        dense_mass: adapt a dense mass matrix (for strongly correlated posteriors) instead of a diagonal.
 
     Returns:
         Fit with method "nuts": ``chains`` site -> tensor [chain, draw, *shape]; ``sample_stats``
         "diverging", "step_size", "acceptance_rate" and "lp" (log density on the unconstrained
         space), each [chain, draw]; ``diagnostics`` "r_hat" and "ess_bulk" (ArviZ, site -> array of
         the site's shape), "num_divergences", "step_size" per chain; ``draw(n, seed)`` resamples the
-        pooled chains (without replacement while n <= total). ``losses`` is empty.
+        pooled chains (without replacement while n <= total). ``losses`` is empty. The verdict in
+        ``diagnostics``: "converged", "warnings", "khat" (NaN: the draws are the posterior's own).
+
+    Warns:
+        ConvergenceWarning on divergent transitions, split R-hat > 1.01 with several chains, or a bulk
+        ESS below 100 per chain.
     """
     for name, value in [("num_samples", num_samples), ("num_chains", num_chains),
                         ("max_tree_depth", max_tree_depth)]:
@@ -63,16 +74,15 @@ def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0,
     for c in range(num_chains):
         pyro.set_rng_seed(seed + c)
         kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
-                      max_plate_nesting=max_plate_nesting, init_strategy=strategy)
+                      max_plate_nesting=max_plate_nesting, init_strategy=strategy, full_mass=dense_mass)
         record = _StatsRecorder()
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
                     disable_progbar=disable_progbar, hook_fn=record)
         try:
-            mcmc.run(*data)
-        except ValueError as e:  # Pyro's checks of values against supports, or no finite start point
-            if isinstance(e, ZooError):
-                raise
-            raise InvalidInputError(f"nuts: the model cannot be evaluated at its start point: {e}") from None
+            with improper_priors_start_at_zero():
+                mcmc.run(*data)
+        except MODEL_ERRORS as e:  # a value outside a support, no finite start point, a shape mismatch
+            raise model_error(e, "in nuts") from None
         samples = mcmc.get_samples(group_by_chain=True)
         chains.append(samples)
         diverging = np.zeros(num_samples, dtype=bool)
@@ -97,7 +107,9 @@ def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0,
         "r_hat": {k: r_hat[k].values for k in chains}, "ess_bulk": {k: ess[k].values for k in chains},
         "num_divergences": int(sample_stats["diverging"].sum()), "step_size": step_sizes,
         "num_chains": num_chains, "num_samples": num_samples, "warmup_steps": warmup_steps,
+        "khat": np.nan,
     }
+    verdict.deliver("nuts", diagnostics, _reasons(diagnostics), stacklevel=2)
     total = num_chains * num_samples
     pooled = {k: v.reshape(total, *v.shape[2:]) for k, v in chains.items()}
 
@@ -111,6 +123,23 @@ def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0,
 
     return Fit(method="nuts", losses=np.zeros(0), seconds=seconds, draw=draw, diagnostics=diagnostics,
                chains=chains, sample_stats=sample_stats)
+
+
+def _reasons(d):
+    """What makes a NUTS run untrustworthy: divergences, disagreeing chains, too few effective draws."""
+    reasons = []
+    if d["num_divergences"]:
+        reasons.append(f"{d['num_divergences']} divergent transitions: the sampler cannot reach part of the "
+                       "posterior (raise target_accept_prob, or reparametrise the model)")
+    # NaN: R-hat and ESS of a constant element (a site fixed by its support) are undefined, not bad
+    worst_rhat = max((np.nanmax(v) for v in d["r_hat"].values() if np.isfinite(v).any()), default=np.nan)
+    if d["num_chains"] > 1 and worst_rhat > RHAT_LIMIT:
+        reasons.append(f"R-hat = {worst_rhat:.3f} > {RHAT_LIMIT}: the chains disagree (run them longer)")
+    least_ess = min((np.nanmin(v) for v in d["ess_bulk"].values() if np.isfinite(v).any()), default=np.nan)
+    if least_ess < ESS_PER_CHAIN * d["num_chains"]:
+        reasons.append(f"bulk ESS = {least_ess:.0f} < {ESS_PER_CHAIN} per chain: too few effective draws "
+                       "(more num_samples, or dense_mass=True for a correlated posterior)")
+    return reasons
 
 
 class _StatsRecorder:

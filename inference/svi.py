@@ -15,6 +15,14 @@ having to know B. Global sites outside that plate are not scaled.
 Each call trains in its own param-store scope, so fits of different models (or of the same model by
 different methods) never share parameters; ``nn.Module`` parameters registered with ``pyro.module`` are
 trained in place.
+
+Defaults that converge. Adam moves every parameter by about ``lr`` per step whatever the posterior's
+scale, so a guide started far away, or a posterior with sds of 1e-3, is out of reach of a fixed number of
+steps, and a constant rate leaves the last iterate jittering. So, unless told otherwise, a Gaussian or
+Delta autoguide on the full data starts from the Laplace fit (``init="auto"``), its mean then moves in
+steps of the Laplace posterior sds (so ``lr`` is a fraction of a posterior sd, on every scale), and the
+rate anneals to ``lr / 100`` on a cosine (``schedule="cosine"``). The fit ends with its verdict
+(:mod:`inference.verdict`): the loss must have settled, and the guide's PSIS k-hat must not exceed 0.7.
 """
 import math
 import time
@@ -25,6 +33,7 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer.importance import vectorized_importance_weights
 from pyro.infer import (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO,
                         Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO)
 from pyro.poutine.messenger import Messenger
@@ -34,9 +43,15 @@ from tqdm import tqdm
 from . import distributed as _dist
 from . import optim as _optim
 from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import (CheckpointError, InvalidInputError, NonFiniteError, check_choice,
-                     check_data, check_positive, model_error)
+from . import verdict
+from .errors import (MODEL_ERRORS, CheckpointError, InvalidInputError, NonFiniteError, ZooError,
+                     check_choice, check_data, check_positive, model_error)
+from .init import (can_start_from_laplace, guide_start, improper_priors_start_at_zero,
+                   start_from_laplace)
 from .result import Fit
+
+INITS = ("auto", "laplace", "guide")
+KHAT_DRAWS = 1000     # draws behind the verdict's k-hat: PSIS fits its tail to the largest ~95 weights
 
 
 class _JitTraceMeanField_ELBO(TraceMeanField_ELBO):
@@ -135,7 +150,7 @@ class scale_plate(Messenger):
 
 def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2, elbo="trace",
         num_particles=1, vectorize_particles=False, momentum=0.9, weight_decay=0.0, clip_norm=None,
-        schedule=None, lr_min=None, batch_size=None, subsample_plate="data", data_size=None,
+        schedule="cosine", lr_min=None, init="auto", batch_size=None, subsample_plate="data", data_size=None,
         validation_data=None, eval_every=None, patience=None, min_delta=1e-4,
         max_plate_nesting=None, seed=0, progress=None, callback=None, grad_hook=None,
         checkpoint=None, checkpoint_every=None, resume=False, distributed=False):
@@ -151,7 +166,13 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         elbo, num_particles, vectorize_particles, max_plate_nesting: the ELBO estimator (trace,
             meanfield, tracegraph, enum and their jit- variants).
         clip_norm: rescale the joint gradient to this Euclidean norm when it is larger.
-        schedule, lr_min: learning-rate schedule (constant, exponential, step, cosine, or a callable).
+        schedule, lr_min: learning-rate schedule (constant or None, exponential, step, cosine, or a
+            callable); the default anneals on a cosine from lr to lr_min (lr / 100).
+        init: where the guide starts. "guide": its own ``init_loc_fn``; "laplace": the Laplace fit of the
+            model (from the guide's own start), for AutoMultivariateNormal, AutoLowRankMultivariateNormal,
+            AutoDiagonalNormal, AutoNormal and AutoDelta, whose mean then steps in units of the Laplace
+            posterior sds; "auto" (default): "laplace" for those guides when there are no minibatches and
+            the Laplace fit succeeds, else "guide" (``diagnostics["init"]`` says which, and why).
         batch_size, subsample_plate, data_size: minibatching; sites in the plate named
             ``subsample_plate`` are scaled by data_size / B (data_size defaults to N; a process that holds
             one shard of a larger data set passes the full size).
@@ -175,8 +196,14 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
 
     Returns:
         Fit with method "svi": losses [steps] (negative ELBO on the full-data scale), params (constrained
-        values), draw (samples of the guide's latent sites), log_weights (for PSIS), diagnostics
-        (validation losses, stop step, best step).
+        values), draw (samples of the guide's latent sites), importance (draws with their log weights, for PSIS), diagnostics
+        (validation losses, stop step, best step, init, and the verdict: "converged", "warnings",
+        "khat" — NaN with "khat_skipped" saying why where it is not computed: point-mass guides, and
+        guides with latent sites in ``subsample_plate``, i.e. local or amortised ones like a VAE's,
+        whose joint weights over the whole data set say nothing about each local fit).
+
+    Warns:
+        ConvergenceWarning when the loss had not settled or k-hat > 0.7 (:mod:`inference.verdict`).
 
     Raises:
         InvalidInputError for bad settings or data; NonFiniteError when the loss or a gradient becomes NaN
@@ -209,16 +236,17 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         check_positive("checkpoint_every", checkpoint_every, integer=True)
     if resume and checkpoint is None:
         raise InvalidInputError("resume=True needs a checkpoint path")
+    check_choice("init", init, INITS)
 
     store = pyro.get_param_store()
     with store.scope() as state:
         pyro.set_rng_seed(seed)
         # The first pass creates the parameters (Pyro creates them lazily), so the optimizer can own them.
         try:
-            with poutine.trace(param_only=True) as capture:
+            with poutine.trace(param_only=True) as capture, improper_priors_start_at_zero():
                 with batches.scaled(subsample_plate) as scaler:
                     eval_fn.loss(model, guide, *batches.first())
-        except ValueError as e:
+        except MODEL_ERRORS as e:
             raise model_error(e, "on the data") from e
         if batch_size is not None and not scaler.hit:
             raise InvalidInputError(f"batch_size was given, but no sample site of the model or guide is "
@@ -228,6 +256,8 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
             raise InvalidInputError("neither the model nor the guide has parameters: there is nothing "
                                     "for SVI to fit")
         params = [store.get_param(n).unconstrained() for n in names]
+        step_sds, init_used = _start(init, model, guide, data, batch_size, distributed, max_plate_nesting,
+                                     seed)
         opt = _optim.make_optimizer(optimizer, params, lr=lr, momentum=momentum,
                                     weight_decay=weight_decay)
         sched = _optim.make_schedule(schedule, opt, steps=steps, lr_min=lr_min)
@@ -259,7 +289,7 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
             try:
                 with batches.scaled(subsample_plate), _graph_mode(params):
                     loss = loss_fn.loss_and_grads(model, guide, *batch)
-            except ValueError as e:  # e.g. a parameter left a distribution's support
+            except MODEL_ERRORS as e:  # e.g. a parameter left a distribution's support
                 raise model_error(e, f"at step {step}") from e
             if distributed:
                 loss = _dist.mean(loss)
@@ -272,7 +302,12 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
                                                         params, batches, subsample_plate))
             if clip_norm is not None:
                 _optim.clip_grad_norm(params, clip_norm, norm)
+            before = [p.detach().clone() for p in step_sds]
             opt.step()
+            if step_sds:
+                with torch.no_grad():   # the mean's step, lr x (Adam's unit step), in posterior sds
+                    for (p, sd), b in zip(step_sds.items(), before):
+                        p.sub_(b).mul_(sd).add_(b)
             opt.zero_grad(set_to_none=True)
             if sched is not None:
                 sched.step()
@@ -309,14 +344,73 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         seconds = time.perf_counter() - t0
         constrained = {n: store[n].detach().clone() for n in names}
 
-    return Fit(
+    point_mass = _has_point_masses(guide, data, state)
+    skipped = ("the guide is a point estimate (Delta): it has no density to weigh" if point_mass else
+               _local_latents(guide, data, state, subsample_plate))
+    fit = Fit(
         method="svi", losses=np.asarray(losses), seconds=seconds, params=constrained,
-        diagnostics={"stopped_at": stopped, "best_step": tracker.best_step,
+        diagnostics={"stopped_at": stopped, "best_step": tracker.best_step, "init": init_used,
                      "validation_losses": val_losses, "elbo": elbo, "optimizer": optimizer},
         draw=guide_sampler(guide, data, state),
-        log_weights=None if _has_point_masses(guide, data, state) else
-        importance_log_weights(model, guide, data, state, elbo, max_plate_nesting),
+        importance=None if point_mass else importance_weights(model, guide, data, state, elbo, max_plate_nesting),
     )
+    return judge(fit, skipped)
+
+
+def judge(fit, khat_skipped=None):
+    """The verdict of a variational fit (SVI, variational EM): has the loss settled, and is k-hat <= 0.7?
+
+    Args:
+        fit: the Fit; its diagnostics get "khat" and the verdict (:func:`inference.verdict.deliver`).
+        khat_skipped: why k-hat is not computed for this guide, or None to compute it from
+            ``fit.importance`` with KHAT_DRAWS draws.
+    """
+    settled, reason = verdict.loss_settled(fit.losses)
+    khat = np.nan
+    if khat_skipped is None and fit.importance is not None:
+        _, khat, _ = verdict.psis(fit.log_weights(KHAT_DRAWS, 0))
+    else:
+        fit.diagnostics["khat_skipped"] = khat_skipped
+    fit.diagnostics["khat"] = khat
+    verdict.deliver(fit.method, fit.diagnostics, [reason, verdict.khat_reason(khat, "the guide")],
+                    stacklevel=3)
+    return fit
+
+
+def _start(init, model, guide, data, batch_size, distributed, max_plate_nesting, seed):
+    """Start the guide from the Laplace fit where ``init`` asks for it: ({loc tensor: sds}, description)."""
+    if init == "guide":
+        return {}, "guide"
+    reason = ("minibatches: Laplace would need the full data" if batch_size is not None else
+              "distributed: each process holds a shard of the data" if distributed else
+              None if can_start_from_laplace(guide) else
+              f"{type(guide).__name__} is not a guide that starts from Laplace")
+    if reason is None:
+        from .laplace import laplace   # laplace builds on svi's helpers: import here, not at the top
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", verdict.ConvergenceWarning)  # judged again after SVI
+                fit = laplace(model, *data, init=guide_start(guide), max_plate_nesting=max_plate_nesting,
+                              seed=seed, check=False)
+            return start_from_laplace(guide, fit), "laplace"
+        except (ZooError, *MODEL_ERRORS) as e:
+            reason = f"the Laplace fit failed: {e}"
+    if init == "laplace":
+        raise InvalidInputError(f"init='laplace' cannot be used: {reason}")
+    return {}, f"guide ({reason})"
+
+
+def _local_latents(guide, data, state, plate):
+    """Why k-hat is skipped for a guide with latent sites inside ``plate`` (local, often amortised), or
+    None when all its latent sites are global."""
+    with pyro.get_param_store().scope(state), torch.no_grad():
+        trace = poutine.trace(guide).get_trace(*data)
+    local = [n for n, s in trace.nodes.items() if _is_latent(s)
+             and any(f.name == plate for f in s["cond_indep_stack"])]
+    if local:
+        return (f"the guide has local latent sites {local} in plate {plate!r}: the importance weights of "
+                "the whole data set do not judge each local fit")
+    return None
 
 
 def guide_sampler(guide, data, state):
@@ -341,19 +435,54 @@ def guide_sampler(guide, data, state):
     return draw
 
 
-def importance_log_weights(model, guide, data, state, elbo_name, max_plate_nesting=None):
-    """``log_weights(num_samples, seed)``: log p(x, z) − log q(z) at z ~ q, one value per draw.
+def importance_weights(model, guide, data, state, elbo_name, max_plate_nesting=None):
+    """``importance(num_samples, seed)``: draws z ~ q of the guide's latent sites, {site: [n, *shape]}, and
+    log p(x, z) − log q(z) at each (array [n]).
 
-    A one-particle ELBO is exactly that log weight (discrete sites enumerated by the model are summed out
-    by TraceEnum_ELBO), so the same estimator the fit used, with one particle, serves here.
+    All draws at once in a plate outside the model's plates (Pyro's ``vectorized_importance_weights``)
+    where the model allows it; otherwise one draw at a time, its weight a one-particle ELBO of the guide
+    replayed at that draw, which is exactly the log weight (discrete sites enumerated by the model summed
+    out by TraceEnum_ELBO). Results are cached: the verdict and ``compare`` ask for the same draws.
     """
     name = "enum" if "enum" in elbo_name else "trace"   # meanfield's analytic KL is not a weight
+    cache = {}
 
-    def log_weights(num_samples, seed):
-        loss_fn = make_elbo(name, max_plate_nesting=max_plate_nesting)
-        with pyro.get_param_store().scope(state), torch.no_grad(), seeded(seed):
-            return np.array([-loss_fn.loss(model, guide, *data) for _ in range(num_samples)])
-    return log_weights
+    def importance(num_samples, seed):
+        if (num_samples, seed) not in cache:
+            with pyro.get_param_store().scope(state), torch.no_grad(), seeded(seed):
+                result = _vectorized_weights(model, guide, data, num_samples) if name == "trace" else None
+                cache[num_samples, seed] = result or _weights_one_by_one(
+                    model, guide, data, num_samples, make_elbo(name, max_plate_nesting=max_plate_nesting))
+        return cache[num_samples, seed]
+    return importance
+
+
+def _vectorized_weights(model, guide, data, num_samples):
+    """(draws, log weights) for ``num_samples`` draws in one pass, or None where the model or guide
+    cannot be vectorised (an unbatched site, Python control flow on a sample)."""
+    guide_trace = poutine.trace(guide).get_trace(*data)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*data)
+    shapes = {n: s["value"].shape for n, s in guide_trace.nodes.items() if _is_latent(s)}
+    nesting = max([-f.dim for tr in (guide_trace, model_trace) for s in tr.nodes.values()
+                   if s["type"] == "sample" for f in s["cond_indep_stack"] if f.vectorized], default=0)
+    try:
+        log_w, _, many = vectorized_importance_weights(model, guide, *data, num_samples=num_samples,
+                                                        max_plate_nesting=nesting, normalized=False)
+        draws = {n: many.nodes[n]["value"].reshape(num_samples, *shape) for n, shape in shapes.items()}
+    except (*MODEL_ERRORS, AssertionError):
+        return None
+    log_w = log_w.detach().double().cpu().numpy()
+    return (draws, log_w) if log_w.shape == (num_samples,) else None
+
+
+def _weights_one_by_one(model, guide, data, num_samples, loss_fn):
+    """(draws, log weights): each draw's weight is the one-particle ELBO of the guide replayed there."""
+    draws, log_w = [], []
+    for _ in range(num_samples):
+        trace = poutine.trace(guide).get_trace(*data)
+        log_w.append(-loss_fn.loss(model, poutine.replay(guide, trace=trace), *data))
+        draws.append({n: s["value"] for n, s in trace.nodes.items() if _is_latent(s)})
+    return {n: torch.stack([d[n] for d in draws]) for n in draws[0]}, np.array(log_w)
 
 
 # ---- internals -------------------------------------------------------------------------------------

@@ -26,13 +26,13 @@ def gaussian_fit(mean, sd, site="mu", method="exact", target=None):
         g = torch.Generator().manual_seed(seed)
         return {site: q.loc + q.scale * torch.randn(n, *q.loc.shape, generator=g, dtype=torch.float64)}
 
-    def log_weights(n, seed=0):
-        z = draw(n, seed)[site]
+    def importance(n, seed=0):
+        z = draw(n, seed)
         p = torch.distributions.Normal(*target)
-        return (p.log_prob(z) - q.log_prob(z)).reshape(n, -1).sum(-1).numpy()  # joint over elements
+        return z, (p.log_prob(z[site]) - q.log_prob(z[site])).reshape(n, -1).sum(-1).numpy()  # joint
 
     return Fit(method=method, losses=[], seconds=0.0, draw=draw,
-               log_weights=log_weights if target is not None else None)
+               importance=importance if target is not None else None)
 
 
 @pytest.fixture(scope="module")

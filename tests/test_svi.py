@@ -10,7 +10,7 @@ import torch
 from pyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal, init_to_value
 
 import inference
-from inference.svi import importance_log_weights
+from inference.svi import importance_weights
 from inference.errors import CheckpointError, InvalidInputError, NonFiniteError
 
 PRIOR_SD, NOISE_SD = 10.0, 1.0
@@ -96,7 +96,7 @@ def test_gradient_clipping_bounds_the_step(x):
     def step_length(clip):
         guide = AutoDelta(normal_mean_model, init_loc_fn=init_to_value(values={"mu": torch.tensor(0.0)}))
         fit = inference.svi(normal_mean_model, guide, x, steps=1, lr=1.0, optimizer="sgd",
-                            clip_norm=clip, progress=False)
+                            clip_norm=clip, init="guide", progress=False)
         return abs(fit.params["AutoDelta.mu"].item() - 0.0)
     assert step_length(None) > 10.0          # the raw gradient is ~ n * mean(x) = 600
     assert step_length(0.5) <= 0.5 + 1e-6
@@ -104,7 +104,7 @@ def test_gradient_clipping_bounds_the_step(x):
 
 def test_minibatch_loss_is_on_the_full_data_scale(x):
     guide = AutoDelta(normal_mean_model)
-    full = inference.svi(normal_mean_model, guide, x, steps=1, lr=1e-12, optimizer="sgd",
+    full = inference.svi(normal_mean_model, guide, x, steps=1, lr=1e-12, optimizer="sgd", init="guide",
                          progress=False).losses[0]
     fit = inference.svi(normal_mean_model, AutoDelta(normal_mean_model), x, steps=8, batch_size=25,
                         lr=1e-12, optimizer="sgd", progress=False)
@@ -198,7 +198,7 @@ def test_fits_do_not_share_parameters(x):
                       progress=False)
     start = init_to_value(values={"mu": torch.tensor(-5.0)})
     b = inference.svi(normal_mean_model, AutoDelta(normal_mean_model, init_loc_fn=start), x, steps=1,
-                      lr=1e-9, optimizer="sgd", progress=False)
+                      lr=1e-9, optimizer="sgd", init="guide", progress=False)
     assert abs(b.params["AutoDelta.mu"].item() + 5) < 1e-3   # started afresh, not from a's 3.0
     assert len(pyro.get_param_store()) == 0               # nothing leaked into the global store
     assert abs(a.samples(3)["mu"] - a.params["AutoDelta.mu"]).max() == 0
@@ -240,7 +240,8 @@ def test_importance_weights_of_the_exact_posterior_are_constant(x):
         pyro.sample("mu", dist.Normal(mean, sd))
 
     empty_store = {"params": {}, "constraints": {}}
-    lw = importance_log_weights(normal_mean_model, exact_guide, (x,), empty_store, "trace")(50, 0)
+    draws, lw = importance_weights(normal_mean_model, exact_guide, (x,), empty_store, "trace")(50, 0)
+    assert draws["mu"].shape == (50,) and draws["mu"].std() > 0.5 * sd
     assert lw.std() < 1e-6 * abs(lw.mean())
     log_evidence = dist.MultivariateNormal(torch.zeros(len(x)), NOISE_SD**2 * torch.eye(len(x))
                                            + PRIOR_SD**2 * torch.ones(len(x), len(x))).log_prob(x)
@@ -273,12 +274,12 @@ def test_divergence_stops_with_the_step_and_the_site(x):
 def test_point_mass_guides_have_no_importance_weights(x):
     # A Delta guide has no density to weigh draws by: k-hat must be unavailable, not a perfect 0.
     fit = inference.svi(normal_mean_model, AutoDelta(normal_mean_model), x, steps=5, progress=False)
-    assert fit.log_weights is None
+    assert fit.importance is None
     table = inference.compare({"map": fit}, var_names=["mu"], num_samples=50)
     assert np.isnan(table["khat"]).all()
     for guide in (AutoNormal, AutoMultivariateNormal):   # the latter places Deltas of an auxiliary site
         assert inference.svi(normal_mean_model, guide(normal_mean_model), x, steps=5,
-                             progress=False).log_weights is not None
+                             progress=False).importance is not None
 
 
 def test_compiled_meanfield_elbo_equals_the_eager_one_and_compiles_once():

@@ -36,16 +36,12 @@ from pyro import poutine
 from pyro.distributions import constraints
 
 from inference import distributed as dist_
-from inference.errors import InvalidInputError, check_choice, check_positive
+from inference.errors import ConvergenceWarning, InvalidInputError, check_choice, check_positive  # noqa: F401
 from inference.svi import seeded
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 INITS = ("kmeans++", "kmeans", "random")
 _CACHE_BYTES = 1 << 30  # cache the features Φ up to this size; beyond it they are rebuilt per chunk
-
-
-class ConvergenceWarning(UserWarning):
-    """EM stopped at ``max_iter`` before the log-likelihood changed by less than ``tol``."""
 
 
 class DegenerateComponentWarning(UserWarning):

@@ -316,7 +316,8 @@ class VAE:
         without improvement and the best networks are kept. ``checkpoint`` is written every
         ``checkpoint_every`` steps (default: every epoch) and at the end; ``resume=True`` continues from it.
         ``elbo`` defaults to "jit-meanfield" ("meanfield" while annealing, as the compiled step would
-        freeze the changing weight). Further keyword arguments go to :func:`inference.svi`.
+        freeze the changing weight). The rate is constant unless ``schedule`` is given. Further keyword
+        arguments go to :func:`inference.svi`.
 
         ``distributed=True`` (inside a torch.distributed group, see :mod:`inference.distributed`): x and
         x_val are this process's shards (``distributed.shard(x)``) and ``batch_size`` is per process, so a
@@ -375,6 +376,7 @@ class VAE:
             return False
 
         self.kl_weight = self.beta * min(1.0, 1 / anneal_steps) if anneal_steps else self.beta
+        svi_kwargs.setdefault("schedule", None)
         if distributed:
             seed = dist_.rank_seed(seed)
             # DDP waits for a gradient of every parameter it holds: leave out the unused Gaussian scale

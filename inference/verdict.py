@@ -1,0 +1,110 @@
+"""Whether a fit can be trusted: the checks behind ``fit.diagnostics["converged"]`` and ConvergenceWarning.
+
+Every method ends by calling :func:`deliver` with the reasons it found to distrust its own result. The
+reasons come from three checks, each a standard one:
+
+* :func:`loss_settled` — has a stochastic loss trace stopped decreasing? The second half of the run is
+  split in two quarters; the drop of the mean from the third quarter to the last is compared with its
+  standard error from batch means (which accounts for the steps' autocorrelation). A drop larger than
+  three standard errors (and than 0.01 nats, below which no posterior changes visibly) means the
+  optimiser was still descending when it stopped.
+* :func:`psis` — Pareto-smoothed importance sampling (Vehtari et al. 2024) of the weights
+  p(x, z) / q(z), z ~ q. Its k-hat says how far q is from the posterior (Yao et al. 2018): below 0.5
+  close, 0.5-0.7 usable once reweighted, above 0.7 not to be trusted, not even after reweighting.
+* MCMC's own: divergences, split R-hat and bulk ESS (in :mod:`inference.mcmc`).
+"""
+import math
+import warnings
+
+import numpy as np
+
+from .errors import ConvergenceWarning
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # arviz 0.23 announces its 1.0 refactor on import
+    import arviz as az
+
+KHAT_LIMIT = 0.7        # above it PSIS cannot rescue the approximation (Vehtari et al. 2024, §3)
+MIN_STEPS = 50          # a shorter trace cannot tell a trend from noise
+
+
+def loss_settled(losses, tail=0.5, batches=5, z=3.0, floor=0.01):
+    """Whether the loss trace has stopped decreasing, and a sentence saying why not.
+
+    Args:
+        losses: 1-D array, the loss per step (noisy: Monte Carlo ELBO estimates, minibatches).
+        tail: fraction of the trace, at its end, that is tested.
+        batches: batch means per half of the tail (their spread gives the standard error).
+        z: how many standard errors the drop must exceed to count as a trend.
+        floor: a drop below this many nats never counts (a change no posterior shows).
+
+    Returns:
+        (settled, reason): reason is None when settled. With halves A, B of the tail,
+        drop = mean(A) - mean(B), se = sqrt(var(batch means of A)/b + var(batch means of B)/b);
+        not settled when drop > max(z se, floor).
+    """
+    losses = np.asarray(losses, dtype=float)
+    if losses.size < MIN_STEPS:
+        return False, f"only {losses.size} steps: too few to tell whether the loss has settled"
+    n = max(int(losses.size * tail), 2 * batches * 2)
+    n -= n % (2 * batches)
+    window = losses[-n:]
+    if not np.isfinite(window).all():
+        return False, "the loss is not finite at the end of the run"
+    halves = window.reshape(2, batches, -1).mean(-1)       # [half, batch]
+    drop = halves[0].mean() - halves[1].mean()
+    se = math.sqrt((halves.var(axis=1, ddof=1) / batches).sum())
+    if drop > max(z * se, floor):
+        return False, (f"the loss was still falling at the end of the run ({drop:.3g} over the last "
+                       f"{n // 2} steps, {drop / se if se > 0 else math.inf:.1f} standard errors): "
+                       "give more steps, or a larger lr")
+    return True, None
+
+
+def psis(log_weights):
+    """Pareto-smoothed importance weights: (normalised log weights [S], k-hat, ESS of the weights).
+
+    Args:
+        log_weights: array [S] of log p(x, z_s) - log q(z_s), z_s ~ q.
+
+    Returns:
+        k-hat is 0 when the weights are all equal (q is the posterior itself, where the Pareto fit is
+        undefined) and NaN when no weight is finite. ESS = 1 / sum(w_s^2) of the normalised weights.
+    """
+    log_weights = np.asarray(log_weights, dtype=float)
+    finite = np.isfinite(log_weights)
+    if np.isnan(log_weights).any() or not finite.any():
+        return np.full_like(log_weights, -np.log(log_weights.size)), math.nan, math.nan
+    if finite.all() and np.ptp(log_weights) <= 1e-6 * max(1.0, np.abs(log_weights).max()):
+        return np.full_like(log_weights, -np.log(log_weights.size)), 0.0, float(log_weights.size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # arviz warns when k-hat > 0.7: the verdict reports it instead
+        smoothed, khat = az.psislw(log_weights)
+    smoothed = smoothed - np.logaddexp.reduce(smoothed)
+    return smoothed, float(khat), float(1.0 / np.exp(2 * smoothed).sum())
+
+
+def khat_reason(khat, what="q"):
+    """The sentence a k-hat above KHAT_LIMIT earns, or None."""
+    if math.isfinite(khat) and khat > KHAT_LIMIT:
+        return (f"PSIS k-hat = {khat:.2f} > {KHAT_LIMIT}: {what} is far from the posterior where it "
+                "matters (try a richer guide, or check against nuts)")
+    return None
+
+
+def deliver(method, diagnostics, reasons, stacklevel=3):
+    """Record the verdict in ``diagnostics`` ("converged", "warnings") and warn when there are reasons.
+
+    Args:
+        method: the method's name, for the message.
+        diagnostics: the fit's diagnostics dict (updated in place).
+        reasons: sentences, each one thing that was seen; None entries are dropped.
+        stacklevel: passed to warnings.warn so the warning points at the user's call.
+    """
+    reasons = [r for r in reasons if r]
+    diagnostics["converged"] = not reasons
+    diagnostics["warnings"] = reasons
+    if reasons:
+        warnings.warn(f"{method}: the fit cannot be trusted: " + "; ".join(reasons),
+                      ConvergenceWarning, stacklevel=stacklevel + 1)
+    return diagnostics
