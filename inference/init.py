@@ -100,7 +100,16 @@ def _copy(param, value, constraint=None):
 
 
 def _params(guide):
-    return dict(guide.named_pyro_params())
+    """{name: the unconstrained tensor the param store trains} for each of the guide's parameters. (An
+    attribute read goes through the param store, whose constrained value links back to that tensor;
+    ``named_pyro_params`` gives the module's own copy for constrained parameters.)"""
+    out = {}
+    for name, _ in guide.named_pyro_params():
+        value = guide
+        for part in name.split("."):
+            value = getattr(value, part)
+        out[name] = value.unconstrained()
+    return out
 
 
 def _set_multivariate(guide, u, cov, conditional_sd, fit):

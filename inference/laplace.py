@@ -5,7 +5,7 @@ bijections NUTS uses), and the sites are stacked into one flat vector u of lengt
 
     U(u) = -log p(x, T^-1(u)) - log |det J_{T^-1}(u)|
 
-is minimised with L-BFGS (strong-Wolfe line search) and polished with one Newton step; at the mode u*
+is minimised with L-BFGS (strong-Wolfe line search) and polished with Newton steps; at the mode u*
 the exact Hessian H = d²U/du² is taken by autograd, and the posterior approximation is
 
     q(u) = N(u; u*, H^-1)
@@ -33,6 +33,7 @@ from .result import Fit
 
 KHAT_DRAWS = 1000     # draws behind the verdict's k-hat
 NEWTON_LIMIT = 0.01   # the mode may be off by at most this many posterior sds
+NEWTON_STEPS = 20     # most Newton steps after L-BFGS
 
 
 def laplace(model, *data, init=None, optimize=True, max_iter=500, tol=1e-9, max_plate_nesting=None,
@@ -236,15 +237,24 @@ def _laplace(model, data, dtype, out_dtype, init, optimize, max_iter, tol, max_p
     where = "the mode" if optimize else "the given point"
     value, grad, H = _derivatives(U, u, where)
     L = _cholesky(U, H, where)
-    if optimize:
-        # one Newton step: exact for a Gaussian posterior, quadratic convergence otherwise
-        newton = u - torch.cholesky_solve(grad[:, None], L)[:, 0]
-        with torch.no_grad():
-            new_value = U(newton)
-        if torch.isfinite(new_value) and new_value <= value:
-            u = newton
-            value, grad, H = _derivatives(U, u, where)
-            L = _cholesky(U, H, where)
+    for _ in range(NEWTON_STEPS if optimize else 0):
+        # Newton steps, halved until U falls: exact in one step for a Gaussian posterior, quadratic
+        # convergence otherwise, and they finish what L-BFGS leaves on badly conditioned posteriors
+        # (its relative tolerance stops it early when the sds differ by orders of magnitude)
+        step = torch.cholesky_solve(grad[:, None], L)[:, 0]
+        if float(grad @ step) ** 0.5 <= NEWTON_LIMIT / 100:
+            break
+        for t in 0.5 ** torch.arange(20, dtype=u.dtype):
+            with torch.no_grad():
+                new_value = U(u - t * step)
+            if torch.isfinite(new_value) and new_value <= value:
+                break
+        else:
+            break
+        u = u - t * step
+        value, grad, H = _derivatives(U, u, where)
+        L = _cholesky(U, H, where)
+        losses.append(float(value))
     losses.append(float(value))
     fit = _make_fit(U, u, value, grad, H, L, losses, converged, n_iter, out_dtype)
     fit.diagnostics["optimized"] = optimize

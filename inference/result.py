@@ -98,7 +98,8 @@ class Fit:
 
         diagnostics = {"khat": khat, "ess": ess, "num_proposals": num_proposals, "reweighted": True}
         verdict.deliver(f"{self.method} (reweighted)", diagnostics,
-                        [verdict.khat_reason(khat, "the approximation behind the weights")])
+                        [verdict.khat_reason(khat, "the approximation behind the weights",
+                                             reweightable=False)])
         return Fit(method=self.method, losses=self.losses, params=self.params, draw=draw,
                    seconds=self.seconds + time.perf_counter() - start, diagnostics=diagnostics)
 

@@ -33,6 +33,7 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.infer import (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO,
                         Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO)
@@ -51,7 +52,9 @@ from .init import (can_start_from_laplace, guide_start, improper_priors_start_at
 from .result import Fit
 
 INITS = ("auto", "laplace", "guide")
-KHAT_DRAWS = 1000     # draws behind the verdict's k-hat: PSIS fits its tail to the largest ~95 weights
+KHAT_DRAWS = 4000     # draws behind the verdict's k-hat (its Pareto fit uses the largest ~190 weights)
+LOOP_KHAT_DRAWS = 1000  # ... where the draws cannot be vectorised and are taken one at a time
+MEANFIELD_LIMIT = 0.75  # smallest ratio of a mean-field sd to the marginal sd it stands for
 
 
 class _JitTraceMeanField_ELBO(TraceMeanField_ELBO):
@@ -256,8 +259,8 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
             raise InvalidInputError("neither the model nor the guide has parameters: there is nothing "
                                     "for SVI to fit")
         params = [store.get_param(n).unconstrained() for n in names]
-        step_sds, init_used = _start(init, model, guide, data, batch_size, distributed, max_plate_nesting,
-                                     seed)
+        step_sds, started = _start(init, model, guide, data, batch_size, distributed, max_plate_nesting,
+                                   seed)
         opt = _optim.make_optimizer(optimizer, params, lr=lr, momentum=momentum,
                                     weight_decay=weight_decay)
         sched = _optim.make_schedule(schedule, opt, steps=steps, lr_min=lr_min)
@@ -349,7 +352,8 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
                _local_latents(guide, data, state, subsample_plate))
     fit = Fit(
         method="svi", losses=np.asarray(losses), seconds=seconds, params=constrained,
-        diagnostics={"stopped_at": stopped, "best_step": tracker.best_step, "init": init_used,
+        diagnostics={"stopped_at": stopped, "best_step": tracker.best_step, **started,
+                     "vectorized_weights": not point_mass and _can_vectorize(model, guide, data, state, elbo),
                      "validation_losses": val_losses, "elbo": elbo, "optimizer": optimizer},
         draw=guide_sampler(guide, data, state),
         importance=None if point_mass else importance_weights(model, guide, data, state, elbo, max_plate_nesting),
@@ -368,19 +372,33 @@ def judge(fit, khat_skipped=None):
     settled, reason = verdict.loss_settled(fit.losses)
     khat = np.nan
     if khat_skipped is None and fit.importance is not None:
-        _, khat, _ = verdict.psis(fit.log_weights(KHAT_DRAWS, 0))
+        # one draw at a time where they cannot be vectorised: fewer keep the verdict affordable
+        draws = KHAT_DRAWS if fit.diagnostics.get("vectorized_weights") else LOOP_KHAT_DRAWS
+        _, khat, _ = verdict.psis(fit.log_weights(draws, 0))
     else:
         fit.diagnostics["khat_skipped"] = khat_skipped
     fit.diagnostics["khat"] = khat
-    verdict.deliver(fit.method, fit.diagnostics, [reason, verdict.khat_reason(khat, "the guide")],
-                    stacklevel=3)
+    reasons = [reason, verdict.khat_reason(khat, "the guide", reweightable=fit.importance is not None),
+               _meanfield_reason(fit.diagnostics.get("meanfield_sd_ratio"))]
+    verdict.deliver(fit.method, fit.diagnostics, reasons, stacklevel=3)
     return fit
 
 
+def _meanfield_reason(ratio):
+    """A mean-field guide cannot hold the posterior's correlations: at the Laplace fit, its best sds are
+    1/sqrt(H_ii) against the marginal sds sqrt((H⁻¹)_ii) (MATH.md §1); too small a ratio is a warning."""
+    if ratio is not None and ratio < MEANFIELD_LIMIT:
+        return (f"the posterior's correlations shrink a mean-field guide's sds to {ratio:.2f} of the marginal "
+                "sds (at the Laplace fit): use a fullrank or lowrank guide")
+    return None
+
+
 def _start(init, model, guide, data, batch_size, distributed, max_plate_nesting, seed):
-    """Start the guide from the Laplace fit where ``init`` asks for it: ({loc tensor: sds}, description)."""
+    """Start the guide from the Laplace fit where ``init`` asks for it: ({loc tensor: sds}, diagnostics:
+    "init" says where it started; "meanfield_sd_ratio", for diagonal guides, is the smallest ratio
+    1/sqrt(H_ii) / sqrt((H⁻¹)_ii) of a mean-field sd to the marginal sd at the Laplace fit)."""
     if init == "guide":
-        return {}, "guide"
+        return {}, {"init": "guide"}
     reason = ("minibatches: Laplace would need the full data" if batch_size is not None else
               "distributed: each process holds a shard of the data" if distributed else
               None if can_start_from_laplace(guide) else
@@ -392,12 +410,24 @@ def _start(init, model, guide, data, batch_size, distributed, max_plate_nesting,
                 warnings.simplefilter("ignore", verdict.ConvergenceWarning)  # judged again after SVI
                 fit = laplace(model, *data, init=guide_start(guide), max_plate_nesting=max_plate_nesting,
                               seed=seed, check=False)
-            return start_from_laplace(guide, fit), "laplace"
+            start = {"init": "laplace"}
+            if isinstance(guide, (AutoNormal, AutoDiagonalNormal)):
+                H, cov = fit.diagnostics["hessian"], fit.diagnostics["covariance"]
+                start["meanfield_sd_ratio"] = float((H.diagonal() * cov.diagonal()).rsqrt().min())
+            return start_from_laplace(guide, fit), start
         except (ZooError, *MODEL_ERRORS) as e:
             reason = f"the Laplace fit failed: {e}"
     if init == "laplace":
         raise InvalidInputError(f"init='laplace' cannot be used: {reason}")
-    return {}, f"guide ({reason})"
+    return {}, {"init": f"guide ({reason})"}
+
+
+def _can_vectorize(model, guide, data, state, elbo_name):
+    """Whether the importance weights of this model and guide can be drawn in one vectorised pass."""
+    if "enum" in elbo_name:
+        return False
+    with pyro.get_param_store().scope(state), torch.no_grad(), seeded(0):
+        return _vectorized_weights(model, guide, data, 2) is not None
 
 
 def _local_latents(guide, data, state, plate):

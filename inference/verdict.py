@@ -10,7 +10,8 @@ reasons come from three checks, each a standard one:
   optimiser was still descending when it stopped.
 * :func:`psis` — Pareto-smoothed importance sampling (Vehtari et al. 2024) of the weights
   p(x, z) / q(z), z ~ q. Its k-hat says how far q is from the posterior (Yao et al. 2018): below 0.5
-  close, 0.5-0.7 usable once reweighted, above 0.7 not to be trusted, not even after reweighting.
+  close, 0.5-0.7 biased but usable once reweighted (``fit.samples(n, reweight=True)``), above 0.7 not
+  to be trusted, not even after reweighting. Both bands above 0.5 earn a warning, each with its advice.
 * MCMC's own: divergences, split R-hat and bulk ESS (in :mod:`inference.mcmc`).
 """
 import math
@@ -25,10 +26,11 @@ with warnings.catch_warnings():
     import arviz as az
 
 KHAT_LIMIT = 0.7        # above it PSIS cannot rescue the approximation (Vehtari et al. 2024, §3)
+KHAT_GOOD = 0.5         # below it q is close enough to use as it is (Yao et al. 2018, §2.3)
 MIN_STEPS = 50          # a shorter trace cannot tell a trend from noise
 
 
-def loss_settled(losses, tail=0.5, batches=5, z=3.0, floor=0.01):
+def loss_settled(losses, tail=0.5, batches=5, z=3.0, floor=0.05):
     """Whether the loss trace has stopped decreasing, and a sentence saying why not.
 
     Args:
@@ -36,7 +38,8 @@ def loss_settled(losses, tail=0.5, batches=5, z=3.0, floor=0.01):
         tail: fraction of the trace, at its end, that is tested.
         batches: batch means per half of the tail (their spread gives the standard error).
         z: how many standard errors the drop must exceed to count as a trend.
-        floor: a drop below this many nats never counts (a change no posterior shows).
+        floor: a drop below this many nats never counts: what a decaying rate still shaves off the
+            jitter of converged parameters, not a trend.
 
     Returns:
         (settled, reason): reason is None when settled. With halves A, B of the tail,
@@ -84,11 +87,20 @@ def psis(log_weights):
     return smoothed, float(khat), float(1.0 / np.exp(2 * smoothed).sum())
 
 
-def khat_reason(khat, what="q"):
-    """The sentence a k-hat above KHAT_LIMIT earns, or None."""
+def khat_reason(khat, what="q", reweightable=True):
+    """The sentence a k-hat above KHAT_GOOD earns, or None.
+
+    Args:
+        khat: the Pareto k-hat of the fit's importance weights.
+        what: names the approximation in the sentence.
+        reweightable: whether the fit offers reweighted draws (the advice for 0.5 < k-hat <= 0.7).
+    """
     if math.isfinite(khat) and khat > KHAT_LIMIT:
         return (f"PSIS k-hat = {khat:.2f} > {KHAT_LIMIT}: {what} is far from the posterior where it "
                 "matters (try a richer guide, or check against nuts)")
+    if math.isfinite(khat) and khat > KHAT_GOOD and reweightable:
+        return (f"PSIS k-hat = {khat:.2f} > {KHAT_GOOD}: {what} is biased; its reweighted draws, "
+                "fit.samples(n, reweight=True), can be used")
     return None
 
 
