@@ -8,7 +8,7 @@ names) the table holds the posterior mean and sd, and, against the reference fit
 
 and the Pareto k-hat of PSIS applied to the importance weights p(x, z) / q(z), z ~ q (Yao et al. 2018,
 "Yes, but did it work?"): k-hat < 0.5 the approximation is close enough for importance sampling to fix
-it, 0.5-0.7 usable, > 0.7 the approximation cannot be trusted. k-hat is one number per method and needs
+it, 0.5-0.7 usable, > 0.7 the approximation cannot be trusted. k-hat is one number per method: the fit's own verdict's where it has one, else from
 ``Fit.importance`` (Laplace, and SVI where the guide provides it); it is NaN otherwise, and 0 when all
 weights are equal (q is exactly the posterior, where the Pareto fit is undefined).
 """
@@ -128,6 +128,9 @@ def _check_var_names(draws, var_names):
 
 
 def _khat(fit, num_samples, seed):
-    """Pareto k-hat of PSIS on the fit's log importance weights; NaN where it has none."""
+    """Pareto k-hat of PSIS on the fit's log importance weights; NaN where it has none. A fit that judged
+    itself (``diagnostics["khat"]``, from more draws) is not weighed again."""
+    if "khat" in fit.diagnostics:
+        return float(fit.diagnostics["khat"])
     log_weights = fit.log_weights(num_samples, seed)
     return np.nan if log_weights is None else verdict.psis(log_weights)[1]

@@ -41,7 +41,10 @@ def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0,
         target_accept_prob, max_tree_depth: NUTS settings (Hoffman & Gelman 2014).
         progress: show Pyro's progress bar (default: when stderr is a terminal).
         init: optional ``{site: constrained value}`` starting point (else uniform in (-2, 2) on the
-            unconstrained space, Pyro's default; improper priors included).
+            unconstrained space, Pyro's default; improper priors included), or "laplace": start every
+            chain at the Laplace fit's mode with its covariance H⁻¹ as the first inverse mass matrix
+            (dense or the diagonal), so that warm-up begins already scaled to the posterior; the
+            windowed adaptation then goes on from there.
         dense_mass: adapt a dense mass matrix (for strongly correlated posteriors) instead of a diagonal.
 
     Returns:
@@ -63,9 +66,17 @@ def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0,
     if not 0 < target_accept_prob < 1:
         raise InvalidInputError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob!r}")
     check_data(data)
-    if init is not None and not isinstance(init, dict):
-        raise InvalidInputError(f"init must be a dict {{site: constrained value}}, got {type(init).__name__}")
+    if init is not None and not isinstance(init, dict) and init != "laplace":
+        raise InvalidInputError(f"init must be a dict {{site: constrained value}} or 'laplace', got {init!r}")
     disable_progbar = (not sys.stderr.isatty()) if progress is None else not progress
+    covariance = None
+    if init == "laplace":
+        from .laplace import laplace
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", verdict.ConvergenceWarning)   # only its mode and curvature serve
+            start_fit = laplace(model, *data, max_plate_nesting=max_plate_nesting, seed=seed, check=False)
+        init, covariance = start_fit.params, (start_fit.diagnostics["covariance"],
+                                              start_fit.diagnostics["sites"])
     values = {k: torch.as_tensor(v, dtype=torch.get_default_dtype()) for k, v in (init or {}).items()}
     strategy = init_to_value(values=values) if values else init_to_uniform
 
@@ -73,8 +84,9 @@ def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0,
     chains, stats, step_sizes = [], [], []
     for c in range(num_chains):
         pyro.set_rng_seed(seed + c)
-        kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
-                      max_plate_nesting=max_plate_nesting, init_strategy=strategy, full_mass=dense_mass)
+        kernel = _NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
+                       max_plate_nesting=max_plate_nesting, init_strategy=strategy, full_mass=dense_mass)
+        kernel.initial_covariance = covariance
         record = _StatsRecorder()
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
                     disable_progbar=disable_progbar, hook_fn=record)
@@ -140,6 +152,29 @@ def _reasons(d):
         reasons.append(f"bulk ESS = {least_ess:.0f} < {ESS_PER_CHAIN} per chain: too few effective draws "
                        "(more num_samples, or dense_mass=True for a correlated posterior)")
     return reasons
+
+
+class _NUTS(NUTS):
+    """Pyro's NUTS whose first inverse mass matrix may be given: ``initial_covariance`` = (H⁻¹ [d, d],
+    {site: slice of the flat vector}) from a Laplace fit on the same unconstrained space. (Pyro has no
+    public way to set it: this overrides the adapter's set-up, the one place that touches it.)"""
+
+    initial_covariance = None
+
+    def _initialize_adapter(self):
+        super()._initialize_adapter()
+        if self.initial_covariance is None:
+            return
+        cov, sites = self.initial_covariance
+        adapter = self.mass_matrix_adapter
+        blocks = {}
+        for names, current in adapter.inverse_mass_matrix.items():
+            index = torch.cat([torch.arange(sites[n].start, sites[n].stop) for n in names])
+            block = cov[index][:, index].to(current)
+            blocks[names] = block if current.dim() == 2 else block.diagonal().clone()
+        adapter.inverse_mass_matrix = blocks
+        if self._adapter.adapt_step_size:   # the step size found for the identity no longer fits
+            self._adapter.reset_step_size_adaptation(self._initial_params)
 
 
 class _StatsRecorder:

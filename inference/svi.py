@@ -54,6 +54,7 @@ from .result import Fit
 INITS = ("auto", "laplace", "guide")
 KHAT_DRAWS = 4000     # draws behind the verdict's k-hat (its Pareto fit uses the largest ~190 weights)
 LOOP_KHAT_DRAWS = 1000  # ... where the draws cannot be vectorised and are taken one at a time
+WEIGHT_CHUNK = 500      # draws per vectorised pass
 MEANFIELD_LIMIT = 0.75  # smallest ratio of a mean-field sd to the marginal sd it stands for
 
 
@@ -495,14 +496,20 @@ def _vectorized_weights(model, guide, data, num_samples):
     shapes = {n: s["value"].shape for n, s in guide_trace.nodes.items() if _is_latent(s)}
     nesting = max([-f.dim for tr in (guide_trace, model_trace) for s in tr.nodes.values()
                    if s["type"] == "sample" for f in s["cond_indep_stack"] if f.vectorized], default=0)
-    try:
-        log_w, _, many = vectorized_importance_weights(model, guide, *data, num_samples=num_samples,
-                                                        max_plate_nesting=nesting, normalized=False)
-        draws = {n: many.nodes[n]["value"].reshape(num_samples, *shape) for n, shape in shapes.items()}
-    except (*MODEL_ERRORS, AssertionError):
-        return None
-    log_w = log_w.detach().double().cpu().numpy()
-    return (draws, log_w) if log_w.shape == (num_samples,) else None
+    parts = []
+    for start in range(0, num_samples, WEIGHT_CHUNK):   # chunks bound the memory of [draws, data] tensors
+        n = min(WEIGHT_CHUNK, num_samples - start)
+        try:
+            log_w, _, many = vectorized_importance_weights(model, guide, *data, num_samples=n,
+                                                            max_plate_nesting=nesting, normalized=False)
+            draws = {k: many.nodes[k]["value"].reshape(n, *shape) for k, shape in shapes.items()}
+        except (*MODEL_ERRORS, AssertionError):
+            return None
+        if log_w.shape != (n,):
+            return None
+        parts.append((draws, log_w.detach().double().cpu().numpy()))
+    return ({k: torch.cat([d[k] for d, _ in parts]) for k in shapes},
+            np.concatenate([w for _, w in parts]))
 
 
 def _weights_one_by_one(model, guide, data, num_samples, loss_fn):

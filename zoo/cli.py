@@ -4,6 +4,7 @@
     zoo compare gmm [...]          fit one mixture data set with every inference method, compare them
     zoo fit vae|beta-vae [...]     train a (beta-)VAE on built-in images, evaluate, write figures
     zoo simulate fep [...]         run the free-energy-principle thermostat agent
+    zoo benchmark [...]            every inference method on every reference posterior, scored
 
 Every command writes into an output folder (``--out``), exits 0 on success, and on bad input prints one
 line ``zoo: error: ...`` and exits 2 (``--debug`` shows the traceback instead).
@@ -47,6 +48,7 @@ def build_parser():
     _add_compare_gmm(compare_models)
     _add_fit_vae(fit_models)
     _add_simulate_fep(simulate_models)
+    _add_benchmark(commands)
     return parser
 
 
@@ -61,13 +63,15 @@ def _common(p, out):
 
 def _run_list(args):
     rows = [
-        ("gmm", "compare", "Gaussian mixture: EM, variational EM, MAP/Bayesian SVI, Laplace, NUTS side by side"),
-        ("vae", "fit", "variational autoencoder on digits or shapes"),
-        ("beta-vae", "fit", "beta-VAE (weighted KL) with disentanglement metrics on shapes"),
-        ("fep", "simulate", "free-energy-principle thermostat agent (Buckley et al. 2017)"),
+        ("gmm", "zoo compare gmm",
+         "Gaussian mixture: EM, variational EM, MAP/Bayesian SVI, Laplace, NUTS side by side"),
+        ("vae", "zoo fit vae", "variational autoencoder on digits or shapes"),
+        ("beta-vae", "zoo fit beta-vae", "beta-VAE (weighted KL) with disentanglement metrics on shapes"),
+        ("fep", "zoo simulate fep", "free-energy-principle thermostat agent (Buckley et al. 2017)"),
+        ("benchmark", "zoo benchmark", "every inference method on every reference posterior (zoo.posteriordb)"),
     ]
     for name, command, what in rows:
-        print(f"{name:10s} {'zoo ' + command + ' ' + name:22s} {what}")
+        print(f"{name:10s} {command:22s} {what}")
 
 
 # ---- zoo compare gmm -----------------------------------------
@@ -125,6 +129,34 @@ def _run_compare_gmm(args):
         print("\nposterior mean (sd) per parameter")
         print(wide[[m for m in result["fits"]]].reindex(table["variable"].unique()).to_string())
     print(f"\nwrote {len(result['files'])} files to {args.out}")
+
+
+# ---- zoo benchmark ---------------------------------------------------------
+def _add_benchmark(commands):
+    """`zoo benchmark`: the parser; the job is ``zoo.jobs.benchmark``."""
+    from zoo.jobs import benchmark
+
+    def comma_list(check):
+        def parse(text):   # argparse prints an ArgumentTypeError's message and exits with status 2
+            try:
+                return check([name.strip() for name in text.split(",") if name.strip()])
+            except ZooError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        return parse
+
+    p = commands.add_parser("benchmark", help="every inference method on every reference posterior",
+                            description="Fit every reference posterior of zoo.posteriordb with every inference "
+                                        "method, score each fit's means and sds against the reference, and "
+                                        "write results.csv (after every fit), heatmap.png and table.md to --out.")
+    _common(p, "zoo-out/benchmark")
+    p.add_argument("--posteriors", type=comma_list(benchmark.check_posteriors), default=None, metavar="A,B",
+                   help="comma list of posteriors (default: all of zoo.posteriordb)")
+    p.add_argument("--methods", type=comma_list(benchmark.check_methods), default=None, metavar="A,B",
+                   help="comma list of methods: nuts, laplace, laplace+psis, svi-meanfield, svi-lowrank, "
+                        "svi-fullrank, svi-fullrank+psis, svi-flow (default: all but svi-flow)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the cells --out/results.csv already holds (status ok, same seed); run the rest")
+    p.set_defaults(run=benchmark.main)
 
 
 # ---- zoo fit vae | beta-vae -----------------------------------------------
