@@ -100,8 +100,11 @@ def laplace(model, *data, init=None, optimize=True, max_iter=500, tol=1e-9, max_
 def judge(fit):
     """The verdict of a Laplace fit: the mode was reached, and q is close to the posterior (k-hat)."""
     d = fit.diagnostics
-    _, d["khat"], _ = verdict.psis(fit.log_weights(KHAT_DRAWS, 0))
+    draws, log_weights = fit.importance(KHAT_DRAWS, 0)
+    _, d["khat"], _ = verdict.psis(log_weights)
     reasons = [verdict.khat_reason(d["khat"], "the Gaussian at the mode")]
+    if d["khat"] <= verdict.KHAT_LIMIT:   # above it the weighted means are not to be trusted either
+        reasons.append(verdict.shift_reason(draws, log_weights, "the Gaussian at the mode"))
     if d["optimized"] and not d["lbfgs_converged"]:
         reasons.append(f"L-BFGS stopped at max_iter={d['n_iter']} before the potential settled")
     if d["optimized"] and not d["newton_sds"] <= NEWTON_LIMIT:

@@ -374,13 +374,16 @@ def judge(fit, khat_skipped=None):
     khat = np.nan
     if khat_skipped is None and fit.importance is not None:
         # one draw at a time where they cannot be vectorised: fewer keep the verdict affordable
-        draws = KHAT_DRAWS if fit.diagnostics.get("vectorized_weights") else LOOP_KHAT_DRAWS
-        _, khat, _ = verdict.psis(fit.log_weights(draws, 0))
+        n = KHAT_DRAWS if fit.diagnostics.get("vectorized_weights") else LOOP_KHAT_DRAWS
+        draws, log_weights = fit.importance(n, 0)
+        _, khat, _ = verdict.psis(log_weights)
     else:
         fit.diagnostics["khat_skipped"] = khat_skipped
     fit.diagnostics["khat"] = khat
     reasons = [reason, verdict.khat_reason(khat, "the guide", reweightable=fit.importance is not None),
                _meanfield_reason(fit.diagnostics.get("meanfield_sd_ratio"))]
+    if np.isfinite(khat) and khat <= verdict.KHAT_LIMIT:
+        reasons.append(verdict.shift_reason(draws, log_weights, "the guide"))
     verdict.deliver(fit.method, fit.diagnostics, reasons, stacklevel=3)
     return fit
 

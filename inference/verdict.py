@@ -12,6 +12,9 @@ reasons come from three checks, each a standard one:
   p(x, z) / q(z), z ~ q. Its k-hat says how far q is from the posterior (Yao et al. 2018): below 0.5
   close, 0.5-0.7 biased but usable once reweighted (``fit.samples(n, reweight=True)``), above 0.7 not
   to be trusted, not even after reweighting. Both bands above 0.5 earn a warning, each with its advice.
+* :func:`shift_reason` — the same weights give importance-sampling estimates of the posterior means; when
+  they differ from q's own means by more than 0.1 sd plus their Monte Carlo error (2/sqrt(ESS) sd), q is
+  off where it counts, whatever k-hat says (k-hat judges the tails, this the centre).
 * MCMC's own: divergences, split R-hat and bulk ESS (in :mod:`inference.mcmc`).
 """
 import math
@@ -27,6 +30,7 @@ with warnings.catch_warnings():
 
 KHAT_LIMIT = 0.7        # above it PSIS cannot rescue the approximation (Vehtari et al. 2024, §3)
 KHAT_GOOD = 0.5         # below it q is close enough to use as it is (Yao et al. 2018, §2.3)
+SHIFT_LIMIT = 0.1       # sds a reweighted mean may differ from q's own, beyond its Monte Carlo error
 MIN_STEPS = 50          # a shorter trace cannot tell a trend from noise
 
 
@@ -101,6 +105,38 @@ def khat_reason(khat, what="q", reweightable=True):
     if math.isfinite(khat) and khat > KHAT_GOOD and reweightable:
         return (f"PSIS k-hat = {khat:.2f} > {KHAT_GOOD}: {what} is biased; its reweighted draws, "
                 "fit.samples(n, reweight=True), can be used")
+    return None
+
+
+def weighted_shift(draws, log_weights):
+    """The largest |importance-weighted mean - plain mean| / sd over every scalar element of the draws.
+
+    Args:
+        draws: {site: tensor [S, *shape]}, z_s ~ q.
+        log_weights: array [S] of log p(x, z_s) - log q(z_s).
+
+    Returns:
+        (shift, ESS): the shift in q's sds, and the ESS of the smoothed weights.
+    """
+    smoothed, _, ess = psis(log_weights)
+    w = np.exp(smoothed)
+    x = np.concatenate([np.asarray(v.detach().cpu().double()).reshape(len(w), -1) for v in draws.values()], 1)
+    sd = x.std(0)
+    moved = np.abs(w @ x - x.mean(0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(sd > 0, moved / sd, 0.0)
+    return float(np.nanmax(shift)) if shift.size else 0.0, ess
+
+
+def shift_reason(draws, log_weights, what="q"):
+    """The sentence a mean moved by reweighting earns (more than 0.1 sd + 2/sqrt(ESS)), or None."""
+    shift, ess = weighted_shift(draws, log_weights)
+    if not (math.isfinite(shift) and math.isfinite(ess)) or ess <= 0:
+        return None
+    limit = SHIFT_LIMIT + 2 / math.sqrt(ess)
+    if shift > limit:
+        return (f"importance weights move a posterior mean by {shift:.2f} sd (> {limit:.2f}): {what} is off "
+                "centre; use fit.samples(n, reweight=True), or a richer approximation")
     return None
 
 
