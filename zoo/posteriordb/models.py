@@ -9,10 +9,10 @@ Conventions (the Stan code ships in ``data/stan/``, and each docstring writes it
   Stan's density by log 2 only;
 - ``transformed parameters`` become ``pyro.deterministic`` sites; ``transformed data`` are computed once
   by the loader (:mod:`zoo.posteriordb`), so the models take them as arguments;
-- site names are Stan's parameter names, so ``beta`` holds Stan's ``beta[1..K]`` as ``beta[0..K-1]``;
-  the regressions index it as ``beta[..., k]`` and multiply rather than ``@``, so that a batch of draws
-  (a plate of particles left of the data plate) evaluates in one pass.
-  The one exception is garch11's ``beta1_raw`` (see :func:`garch11`).
+- site names are Stan's parameter names, so ``beta`` holds Stan's ``beta[1..K]`` as ``beta[0..K-1]``
+  (the one exception is garch11's ``beta1_raw``, see :func:`garch11`); the regressions index it as
+  ``beta[..., k]`` and multiply rather than ``@``, so that a batch of draws (a plate of particles left
+  of the data plate) evaluates in one pass.
 
 Recursions over time that are linear (ARMA errors, GARCH variances) are solved as one triangular
 system instead of a Python loop: the same numbers, and NUTS takes hundreds of gradients per draw, each
