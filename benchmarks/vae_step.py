@@ -3,13 +3,14 @@
 Both train the same networks (zoo.vae's MLP encoder/decoder, the same initial weights) on the 8x8 digits
 with the same Adam (the fused kernel ``inference.optim`` builds; a second plain row uses
 ``torch.optim.Adam``'s defaults, for reference), batch 128, the Bernoulli likelihood and the loss on the
-full-data scale (x N/B). The plain loop computes the KL in closed form; the Pyro runs use each ELBO named on the command line ("meanfield"
-estimators also use the closed-form KL). Prints ms/step (median over steps after the first epoch, which
-holds the jit compilation), the ratio to plain PyTorch, and the test ELBO (nats per image, 10 samples)
+full-data scale (x N/B). The plain loop computes the KL in closed form; the Pyro runs use each ELBO and step named on the command
+line ("meanfield" estimators also use the closed-form KL; "/eager" is Pyro's own step, "/inductor" the
+fused kernels, no suffix the default compiled step). Prints ms/step (median over steps after the first epoch, which
+holds the step's capture and compilation), the ratio to plain PyTorch, and the test ELBO (nats per image, 10 samples)
 each reaches after the same number of epochs. The paths run in alternating rounds; the ratio is the
 median over rounds of each round's ratio, which cancels the drift of a shared machine's speed.
 
-    OMP_NUM_THREADS=1 python benchmarks/vae_step.py [--epochs 30] [--elbos jit-meanfield,meanfield,...]
+    OMP_NUM_THREADS=1 python benchmarks/vae_step.py [--epochs 30] [--paths meanfield,meanfield/eager,...]
 """
 import argparse
 import time
@@ -53,10 +54,13 @@ def plain_pytorch(vae, x, epochs, batch_size, lr, seed, textbook_adam=False):
     return np.array(times)
 
 
-def pyro_svi(vae, x, epochs, batch_size, lr, seed, elbo):
+def pyro_svi(vae, x, epochs, batch_size, lr, seed, path):
+    elbo, _, compile = path.partition("/")
+    compile = {"": "auto", "eager": False}.get(compile, compile)
     stamps = []
     inference.svi(vae.model, vae.guide, x, epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo,
-                  seed=seed, progress=False, callback=lambda step, loss: stamps.append(time.perf_counter()))
+                  compile=compile, seed=seed, progress=False,
+                  callback=lambda step, loss: stamps.append(time.perf_counter()))
     return np.diff(np.array(stamps))
 
 
@@ -66,7 +70,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--latent-dim", type=int, default=10)
-    ap.add_argument("--elbos", default="jit-meanfield,jit-trace,meanfield")
+    ap.add_argument("--paths", default="meanfield,meanfield/eager,meanfield/inductor,trace",
+                    help="ELBO[/compile] per Pyro path: compile auto (default), torchscript, inductor or eager")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of all paths (default: 5)")
     args = ap.parse_args()
@@ -81,9 +86,9 @@ def main():
 
     # The machine is shared and its speed drifts by tens of percent over a minute, so the paths are run
     # in alternating rounds and each round's ratio is taken against the plain loop of the same round.
-    elbos = args.elbos.split(",")
+    elbos = args.paths.split(",")
     names = ["plain PyTorch (analytic KL)", "plain PyTorch, torch.optim.Adam defaults"] + \
-        [f"pyro + inference.svi, elbo={e}" for e in elbos]
+        [f"pyro + inference.svi, {e}" for e in elbos]
     ms = {name: [] for name in names}
     test_elbo = {}
     for _ in range(args.rounds):

@@ -2,7 +2,7 @@
 
     F(q, θ) = E_q[ log p(x, z; θ) − log q(z) ] = log p(x; θ) − KL(q(z) || p(z | x; θ))
 
-E-step: maximise F over q with θ fixed.  M-step: maximise F over θ (the model's ``pyro.param``s) with
+E-step: maximise F over q with θ fixed.  M-step: maximise F over θ (the model's ``pyro.param`` sites) with
 q fixed. Each step can only raise F.
 
 With ``guide=None`` the E-step is exact: the posterior of the model's enumerated discrete sites
@@ -29,7 +29,8 @@ from . import verdict
 from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
 from .optim import make_optimizer
 from .result import Fit, point_mass_draw
-from .svi import _no_progress, guide_sampler, make_elbo, seeded
+from .draws import guide_sampler, seeded
+from .svi import _no_progress, make_elbo
 
 
 def variational_em(model, guide, *data, max_iter=100, tol=1e-8, e_steps=50, m_steps=50, lr=1e-2,

@@ -94,8 +94,10 @@ def _guide_order(guide, sites):
 def _copy(param, value, constraint=None):
     """Write a constrained value into the unconstrained tensor behind a guide parameter, in place."""
     with torch.no_grad():
-        value = value.to(param.dtype).reshape(param.shape)
-        param.copy_(transform_to(constraint).inv(value) if constraint is not None else value)
+        value = value.to(param.dtype)
+        if constraint is not None:   # first: an unconstrained space may be smaller (a Cholesky factor's)
+            value = transform_to(constraint).inv(value)
+        param.copy_(value.reshape(param.shape))
     return param
 
 

@@ -29,6 +29,7 @@ from pyro.infer.mcmc.util import initialize_model
 from . import verdict
 from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
 from .init import improper_priors_start_at_zero
+from .potential import FlatPotential
 from .result import Fit
 
 KHAT_DRAWS = 1000     # draws behind the verdict's k-hat
@@ -173,6 +174,7 @@ class _FlatPotential:
             pos += params[n].numel()
         self.dim = pos
         self.start = self.flatten(params).detach()
+        self._params, self._compiled = params, None
 
     def flatten(self, params):
         return torch.cat([params[n].reshape(-1).to(self.dtype) for n in self.sites])
@@ -188,9 +190,14 @@ class _FlatPotential:
 
     def many(self, u):
         """U at each row of u [n, d] -> [n], without gradients. (A row at a time: Pyro's tracing reads
-        ``tensor.data``, which torch.func.vmap forbids.)"""
-        with torch.no_grad(), pyro.validation_enabled(False):
-            return torch.stack([self(x) for x in u])
+        ``tensor.data``, which torch.func.vmap forbids; the potential compiled once, by
+        :mod:`inference.potential`, makes a row cheap. L-BFGS's few dozen calls do not repay a capture.)"""
+        with _default_dtype(self.dtype), pyro.validation_enabled(False), torch.no_grad():
+            if self._compiled is None:
+                self._compiled = FlatPotential(self.potential_fn, self.transforms, self._params,
+                                               list(self.sites))
+            dtype = self._compiled.dtype
+            return torch.stack([self._compiled.value_and_grad(x.to(dtype))[0] for x in u]).to(self.dtype)
 
     def constrain(self, u):
         """Flat u [..., d] -> {site: constrained value [..., *site_shape]}."""

@@ -6,13 +6,24 @@
 
 by stochastic gradient steps on the model's and guide's parameters, and returns a :class:`Fit`.
 
+The run is explicit state, as in NumPyro: :class:`SVI` holds the settings; ``SVI.init`` creates the
+parameters, the optimizer and the minibatch order and returns an :class:`SVIState`; ``SVI.update`` takes
+one step on it; ``SVI.evaluate`` gives the loss of held-out data; ``svi`` is the loop on top (early
+stopping, checkpoints, progress, the verdict). A checkpoint is ``SVIState.state_dict()``.
+
+The step is compiled (``compile="auto"``): its loss and gradients are captured once as a graph of tensor
+operations and replayed (:mod:`inference.capture`), without Pyro's per-step Python bookkeeping, drawing
+the same random numbers as the eager step. Where the graph cannot stand for the step (data-dependent
+control flow, buffers changed in place, distributed training) the eager step runs instead, with a
+one-line notice; ``diagnostics["step"]`` says which ran.
+
 Minibatches: with ``batch_size=B`` every tensor argument is cut along dim 0 into batches of B rows
 (a fresh permutation each epoch), and the log-densities of the sites inside the model's (and guide's)
 ``pyro.plate(subsample_plate, ...)`` are scaled by N/B, so every step's loss and gradient are unbiased
 estimates of the full-data ones — what ``pyro.plate(..., subsample_size=B)`` does, without the model
 having to know B. Global sites outside that plate are not scaled.
 
-Each call trains in its own param-store scope, so fits of different models (or of the same model by
+Each fit trains in its own param-store scope, so fits of different models (or of the same model by
 different methods) never share parameters; ``nn.Module`` parameters registered with ``pyro.module`` are
 trained in place.
 
@@ -27,113 +38,59 @@ rate anneals to ``lr / 100`` on a cosine (``schedule="cosine"``). The fit ends w
 import math
 import time
 import warnings
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
-from pyro.infer.importance import vectorized_importance_weights
-from pyro.infer import (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO,
-                        Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO)
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 from tqdm import tqdm
 
 from . import distributed as _dist
 from . import optim as _optim
-from .checkpoint import load_checkpoint, save_checkpoint
 from . import verdict
+from .capture import CaptureError, CapturedStep
+from .checkpoint import load_checkpoint, save_checkpoint
+from .draws import (can_vectorize, guide_sampler, has_point_masses, importance_weights, local_latents,
+                    seeded)
 from .errors import (MODEL_ERRORS, CheckpointError, InvalidInputError, NonFiniteError, ZooError,
                      check_choice, check_data, check_positive, model_error)
 from .init import (can_start_from_laplace, guide_start, improper_priors_start_at_zero,
                    start_from_laplace)
 from .result import Fit
 
+__all__ = ["SVI", "SVIState", "svi", "judge", "make_elbo", "scale_plate", "seeded", "guide_sampler",
+           "importance_weights"]
+
 INITS = ("auto", "laplace", "guide")
-KHAT_DRAWS = 4000     # draws behind the verdict's k-hat (its Pareto fit uses the largest ~190 weights)
+COMPILES = ("auto", "torchscript", "inductor", False)
+KHAT_DRAWS = 4000       # draws behind the verdict's k-hat (its Pareto fit uses the largest ~190 weights)
 LOOP_KHAT_DRAWS = 1000  # ... where the draws cannot be vectorised and are taken one at a time
-WEIGHT_CHUNK = 500      # draws per vectorised pass
 MEANFIELD_LIMIT = 0.75  # smallest ratio of a mean-field sd to the marginal sd it stands for
+CHECKPOINT_FORMAT = "pyro-zoo/svi/2"
 
-
-class _JitTraceMeanField_ELBO(TraceMeanField_ELBO):
-    """TraceMeanField_ELBO with its loss traced once by ``torch.jit.trace`` as a function of the parameter
-    and data tensors (one graph per data shape), then called with those tensors directly on every step.
-
-    Replaces Pyro 1.9's JitTraceMeanField_ELBO, which stores its compiled loss under one attribute and looks
-    for it under another (so it compiled again on every step) and looks every parameter up through the
-    effect stack on each call (0.06 ms of a 1.3 ms VAE step). Non-tensor arguments are fixed at
-    compilation, as in every traced graph; so is the minibatch scale.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._graphs = {}
-
-    def loss_and_grads(self, model, guide, *args):
-        tensors = [a for a in args if torch.is_tensor(a)]
-        key = (_identity(model), _identity(guide), *((t.shape, t.dtype, t.device) for t in tensors))
-        if key not in self._graphs:
-            self._graphs[key] = self._compile(model, guide, args)
-        graph, params = self._graphs[key]
-        loss = graph(*params, *tensors)
-        loss.backward()
-        return loss.item()
-
-    def _compile(self, model, guide, args):
-        with poutine.block(), poutine.trace(param_only=True) as capture:
-            self.differentiable_loss(model, guide, *args)        # creates the parameters
-        params = [pyro.param(name).unconstrained() for name in capture.trace.nodes]
-        where = [i for i, a in enumerate(args) if torch.is_tensor(a)]
-
-        def loss(*inputs):
-            full = list(args)
-            for i, t in zip(where, inputs[len(params):]):
-                full[i] = t
-            # The particle loop of differentiable_loss without its float() of the loss, which a trace
-            # would freeze into a constant.
-            total = 0.0
-            for model_trace, guide_trace in self._get_traces(model, guide, full, {}):
-                total = total + self._differentiable_loss_particle(model_trace, guide_trace)[1]
-            return total / self.num_particles
-
-        # Shape-dependent Python (sizes, validation checks) is fixed for this shape: that is the point.
-        with pyro.validation_enabled(False), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            graph = torch.jit.trace(loss, (*params, *(args[i] for i in where)), check_trace=False)
-        return graph, params
-
-
-def _identity(fn):
-    # A bound method (vae.model) is a new object each time it is fetched: key on its function and instance,
-    # which the cached graph keeps alive, so their ids cannot be reused by other objects.
-    return id(getattr(fn, "__func__", fn)), id(getattr(fn, "__self__", None))
-
-
+# The ELBO estimators by name. "jit-<name>" is the same estimator with its step compiled by TorchScript
+# (compile="torchscript"), the name older scripts used for a compiled step.
 ELBOS = {
     "trace": Trace_ELBO,
     "meanfield": TraceMeanField_ELBO,
     "tracegraph": TraceGraph_ELBO,
     "enum": TraceEnum_ELBO,
-    "jit-trace": JitTrace_ELBO,
-    "jit-meanfield": _JitTraceMeanField_ELBO,
-    "jit-tracegraph": JitTraceGraph_ELBO,
-    "jit-enum": JitTraceEnum_ELBO,
 }
+ELBO_NAMES = (*ELBOS, *(f"jit-{name}" for name in ELBOS))
 
 
 def make_elbo(name, *, num_particles=1, max_plate_nesting=None, vectorize_particles=False):
-    """A Pyro ELBO by name (one of ``ELBOS``)."""
-    check_choice("elbo", name, ELBOS)
+    """A Pyro ELBO by name (one of ``ELBO_NAMES``; "jit-" names give the same estimator)."""
+    check_choice("elbo", name, ELBO_NAMES)
     check_positive("num_particles", num_particles, integer=True)
     kwargs = dict(num_particles=num_particles, vectorize_particles=vectorize_particles)
     if max_plate_nesting is not None:
         kwargs["max_plate_nesting"] = max_plate_nesting
-    if name.startswith("jit-"):
-        kwargs["ignore_jit_warnings"] = True
-    return ELBOS[name](**kwargs)
+    return ELBOS[name.removeprefix("jit-")](**kwargs)
 
 
 class scale_plate(Messenger):
@@ -152,10 +109,227 @@ class scale_plate(Messenger):
             self.hit = True
 
 
+@dataclass
+class SVIState:
+    """Where a run stands: what ``SVI.update`` changes, and what a checkpoint holds.
+
+    Attributes:
+        names: the parameters' names in the param store, sorted.
+        params: their unconstrained tensors, trained in place (the optimizer's and the step's inputs).
+        store: the param-store scope they live in (``pyro.get_param_store().scope(store)``).
+        optimizer: the torch optimizer over ``params``; scheduler: its learning-rate schedule or None.
+        batches: the minibatch order (generator, permutation, position).
+        step: steps taken. losses: the loss of each step. val_losses: (step, held-out loss) pairs.
+        tracker: the early-stopping record (best value, its step and parameters, evaluations since).
+        info: how the run started ("init", "step", ...), for the Fit's diagnostics.
+    """
+    names: list
+    params: list
+    store: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    batches: object
+    tracker: object
+    step: int = 0
+    losses: list = field(default_factory=list)
+    val_losses: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def state_dict(self):
+        """Tensors and plain data only (``torch.load(weights_only=True)`` reads them), with the torch
+        random state, so that a run continued from it repeats the uninterrupted run."""
+        return {"format": CHECKPOINT_FORMAT, "step": self.step, "names": self.names,
+                "params": [p.detach().cpu() for p in self.params],
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "batches": self.batches.state(), "torch_rng": torch.get_rng_state(),
+                "losses": torch.tensor(self.losses, dtype=torch.float64),
+                "val_losses": [[s, v] for s, v in self.val_losses], "tracker": self.tracker.state()}
+
+    def load_state_dict(self, saved, where="the checkpoint"):
+        """Continue from ``saved`` (a ``state_dict()``); CheckpointError if it belongs to another run."""
+        if saved.get("format") != CHECKPOINT_FORMAT or saved.get("names") != self.names:
+            raise CheckpointError(f"{where} was written by a different model/guide (parameters "
+                                  f"{saved.get('names')} != {self.names})")
+        with torch.no_grad():
+            for p, value in zip(self.params, saved["params"]):
+                if p.shape != value.shape:
+                    raise CheckpointError(f"{where}: parameter shapes differ ({tuple(value.shape)} vs "
+                                          f"{tuple(p.shape)})")
+                p.copy_(value.to(p.device))
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None and saved["scheduler"] is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        self.batches.load(saved["batches"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.step = int(saved["step"])
+        self.losses = saved["losses"].tolist()
+        self.val_losses = [(int(s), float(v)) for s, v in saved["val_losses"]]
+        self.tracker.load(saved["tracker"])
+
+
+class SVI:
+    """SVI of ``guide`` to ``model`` as explicit state: ``init``, ``update`` (one step), ``evaluate``.
+
+    Args:
+        model, guide: Pyro callables taking the data arguments.
+        elbo, num_particles, vectorize_particles, max_plate_nesting: the ELBO estimator (``ELBO_NAMES``).
+        optimizer, lr, momentum, weight_decay: see :mod:`inference.optim`.
+        clip_norm: rescale the joint gradient to this Euclidean norm when it is larger.
+        schedule, lr_min: learning-rate schedule (:func:`inference.optim.make_schedule`).
+        init: where the guide starts ("auto", "laplace", "guide"; see :func:`svi`).
+        compile: "auto", "torchscript", "inductor" or False (see :func:`svi`).
+        subsample_plate: the plate whose sites minibatches scale.
+        distributed: this process is one rank of a torch.distributed group (see :func:`svi`).
+        grad_hook: ``grad_hook(params)`` after each step's gradients are computed.
+    """
+
+    def __init__(self, model, guide, *, elbo="trace", num_particles=1, vectorize_particles=False,
+                 max_plate_nesting=None, optimizer="adam", lr=1e-2, momentum=0.9, weight_decay=0.0,
+                 clip_norm=None, schedule="cosine", lr_min=None, init="auto", compile="auto",
+                 subsample_plate="data", distributed=False, grad_hook=None):
+        self.model, self.guide = model, guide
+        self.loss_fn = make_elbo(elbo, num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                                 vectorize_particles=vectorize_particles)
+        self.elbo, self.max_plate_nesting = elbo, max_plate_nesting
+        _optim.make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], lr=lr, momentum=momentum,
+                              weight_decay=weight_decay)              # checks the settings now
+        self.optimizer, self.lr, self.momentum, self.weight_decay = optimizer, lr, momentum, weight_decay
+        self.clip_norm = None if clip_norm is None else check_positive("clip_norm", clip_norm)
+        self.schedule, self.lr_min = schedule, lr_min
+        self.init_from = check_choice("init", init, INITS)
+        if compile is True:
+            compile = "auto"
+        if compile not in COMPILES:
+            raise InvalidInputError(f"compile must be one of {list(COMPILES)}, got {compile!r}")
+        self.compile = "torchscript" if elbo.startswith("jit-") and compile == "auto" else compile
+        self.subsample_plate, self.distributed, self.grad_hook = subsample_plate, distributed, grad_hook
+        self._step = None
+
+    def init(self, *data, steps, batch_size=None, data_size=None, seed=0):
+        """Create the parameters, optimizer, schedule and minibatch order; start the guide; compile the step.
+
+        Args:
+            *data: the model's arguments (tensors are checked; with ``batch_size`` they are data sets of
+                N rows that are cut into minibatches).
+            steps: the run's length (the schedule's horizon, and whether compiling pays).
+            batch_size, data_size: minibatches of B rows standing for data_size (default N) rows.
+            seed: seeds Pyro, torch and the minibatch order.
+
+        Returns:
+            SVIState at step 0. Its ``store`` scope must be active around ``update`` and ``evaluate``
+            (:func:`svi` does this).
+        """
+        check_data(data)
+        self.data = data
+        batches = _Batches(data, batch_size, seed, data_size)
+        store = pyro.get_param_store()
+        pyro.set_rng_seed(seed)
+        # The first pass creates the parameters (Pyro creates them lazily), so the optimizer can own them.
+        try:
+            with poutine.trace(param_only=True) as capture, improper_priors_start_at_zero():
+                with batches.scaled(self.subsample_plate) as scaler:
+                    self.loss_fn.loss(self.model, self.guide, *batches.first())
+        except MODEL_ERRORS as e:
+            raise model_error(e, "on the data") from e
+        if batch_size is not None and not scaler.hit:
+            raise InvalidInputError(f"batch_size was given, but no sample site of the model or guide is "
+                                    f"inside a pyro.plate named {self.subsample_plate!r} (subsample_plate)")
+        names = sorted(capture.trace.nodes)
+        if not names:
+            raise InvalidInputError("neither the model nor the guide has parameters: there is nothing "
+                                    "for SVI to fit")
+        params = [store.get_param(n).unconstrained() for n in names]
+        self.step_sds, info = _start(self.init_from, self.model, self.guide, data, batch_size,
+                                     self.distributed, self.max_plate_nesting, seed)
+        opt = _optim.make_optimizer(self.optimizer, params, lr=self.lr, momentum=self.momentum,
+                                    weight_decay=self.weight_decay)
+        sched = _optim.make_schedule(self.schedule, opt, steps=steps, lr_min=self.lr_min)
+        state = SVIState(names=names, params=params, store=store.get_state(), optimizer=opt,
+                         scheduler=sched, batches=batches, tracker=None, info=info)
+        self._step, info["step"] = self._compiled_step(params, batches, steps)
+        return state
+
+    def _compiled_step(self, params, batches, steps):
+        """(the captured step or None, what ran: "torchscript", "inductor" or "eager (why)")."""
+        if self.compile is False:
+            return None, "eager"
+        reason = "distributed: gradients are averaged by hooks on the backward pass" if self.distributed \
+            else None
+        if reason is None:
+            try:
+                step = CapturedStep(self.loss_fn, self.model, self.guide, params, batches.first(),
+                                    backend=self.compile, calls=steps,
+                                    context=lambda: batches.scaled(self.subsample_plate))
+                return step, step.backend
+            except CaptureError as e:
+                reason = str(e)
+        warnings.warn(f"svi: running the eager step, the compiled one does not apply ({reason})",
+                      CompileNotice, stacklevel=4)
+        return None, f"eager ({reason})"
+
+    def update(self, state):
+        """One step on the next minibatch: loss and gradients, checks, the optimizer's step, the schedule.
+
+        Returns:
+            the step's loss (negative ELBO on the full-data scale; averaged over ranks when distributed).
+
+        Raises:
+            NonFiniteError when the loss or a gradient is NaN or infinite (parameters unchanged).
+        """
+        batch = state.batches.next()
+        try:
+            with state.batches.scaled(self.subsample_plate):
+                if self._step is not None:
+                    loss, norm = (float(v) for v in torch.stack(self._step(batch)).tolist())
+                else:
+                    loss = self.loss_fn.loss_and_grads(self.model, self.guide, *batch)
+                    norm = None
+        except MODEL_ERRORS as e:  # e.g. a parameter left a distribution's support
+            raise model_error(e, f"at step {state.step}") from e
+        if self.distributed:
+            loss = _dist.mean(loss)
+        if self.grad_hook is not None:
+            self.grad_hook(state.params)
+            norm = None
+        if norm is None:
+            norm = float(_optim.grad_norm(state.params))
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            state.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(_nonfinite_message(state.step, loss, norm, self.model, self.guide, batch,
+                                                    state.names, state.params, state.batches,
+                                                    self.subsample_plate))
+        if self.clip_norm is not None:
+            _optim.clip_grad_norm(state.params, self.clip_norm, torch.tensor(norm))
+        if self.step_sds:
+            before = [p.detach().clone() for p in self.step_sds]
+        state.optimizer.step()
+        if self.step_sds:
+            with torch.no_grad():   # the mean's step, lr x (Adam's unit step), in posterior sds
+                for (p, sd), b in zip(self.step_sds.items(), before):
+                    p.sub_(b).mul_(sd).add_(b)
+        state.optimizer.zero_grad(set_to_none=True)
+        if state.scheduler is not None:
+            state.scheduler.step()
+        state.losses.append(loss)
+        state.step += 1
+        return loss
+
+    def evaluate(self, state, *data):
+        """Negative ELBO of held-out ``data`` on the training data's scale (sites in the subsample plate x
+        N_train / N_held-out), in chunks of the batch size; averaged over ranks when distributed."""
+        loss = _heldout_loss(self.loss_fn, self.model, self.guide, data, state.batches, self.subsample_plate)
+        return _dist.mean(loss) if self.distributed else loss
+
+
+class CompileNotice(UserWarning):
+    """The compiled SVI step does not apply to this model; the eager step runs (the message says why)."""
+
+
 def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2, elbo="trace",
         num_particles=1, vectorize_particles=False, momentum=0.9, weight_decay=0.0, clip_norm=None,
-        schedule="cosine", lr_min=None, init="auto", batch_size=None, subsample_plate="data", data_size=None,
-        validation_data=None, eval_every=None, patience=None, min_delta=1e-4,
+        schedule="cosine", lr_min=None, init="auto", compile="auto", batch_size=None, subsample_plate="data",
+        data_size=None, validation_data=None, eval_every=None, patience=None, min_delta=1e-4,
         max_plate_nesting=None, seed=0, progress=None, callback=None, grad_hook=None,
         checkpoint=None, checkpoint_every=None, resume=False, distributed=False):
     """Fit ``guide`` to ``model`` by stochastic gradient ascent on the ELBO.
@@ -168,7 +342,7 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         optimizer, lr, momentum, weight_decay: see :mod:`inference.optim` (sgd, momentum, nesterov,
             rmsprop, adam, clipped-adam).
         elbo, num_particles, vectorize_particles, max_plate_nesting: the ELBO estimator (trace,
-            meanfield, tracegraph, enum and their jit- variants).
+            meanfield, tracegraph, enum; a "jit-" prefix asks for compile="torchscript").
         clip_norm: rescale the joint gradient to this Euclidean norm when it is larger.
         schedule, lr_min: learning-rate schedule (constant or None, exponential, step, cosine, or a
             callable); the default anneals on a cosine from lr to lr_min (lr / 100).
@@ -177,6 +351,12 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
             AutoDiagonalNormal, AutoNormal and AutoDelta, whose mean then steps in units of the Laplace
             posterior sds; "auto" (default): "laplace" for those guides when there are no minibatches and
             the Laplace fit succeeds, else "guide" (``diagnostics["init"]`` says which, and why).
+        compile: how each step runs (:mod:`inference.capture`). "torchscript": the captured graph of the
+            step's loss and gradients, run by TorchScript (built in milliseconds); "inductor": that graph
+            compiled to fused kernels (the fastest step, after seconds of compiling); "auto" (default):
+            "inductor" when the run is long enough for its compile to pay (graph size x steps), else
+            "torchscript"; False: Pyro's eager step. Where the graph cannot stand for the step, the eager
+            step runs with a :class:`CompileNotice`; ``diagnostics["step"]`` says what ran.
         batch_size, subsample_plate, data_size: minibatching; sites in the plate named
             ``subsample_plate`` are scaled by data_size / B (data_size defaults to N; a process that holds
             one shard of a larger data set passes the full size).
@@ -187,10 +367,10 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
             validation data). With validation data the best parameters are restored at the end.
         seed: seeds Pyro, torch and the minibatch order. progress: show a tqdm bar (default: on a TTY).
         callback: ``callback(step, loss)`` after every step; returning True stops training.
-        grad_hook: ``grad_hook(params)`` after each backward pass (e.g. an all-reduce of the gradients).
-        checkpoint, checkpoint_every, resume: path of an atomically written checkpoint saved every
-            ``checkpoint_every`` steps and at the end; ``resume=True`` continues from it, reproducing the
-            uninterrupted run with the same seed.
+        grad_hook: ``grad_hook(params)`` after each step's gradients (e.g. an all-reduce of them).
+        checkpoint, checkpoint_every, resume: path of an atomically written checkpoint (the
+            ``SVIState.state_dict()``) saved every ``checkpoint_every`` steps and at the end;
+            ``resume=True`` continues from it, reproducing the uninterrupted run with the same seed.
         distributed: True when this process is one rank of a torch.distributed group training the same
             parameters on its own shard of the data (gradients averaged by DistributedDataParallel or
             ``grad_hook``; pass data_size = the full N). Each step's loss and the held-out loss are then
@@ -200,166 +380,132 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
 
     Returns:
         Fit with method "svi": losses [steps] (negative ELBO on the full-data scale), params (constrained
-        values), draw (samples of the guide's latent sites), importance (draws with their log weights, for PSIS), diagnostics
-        (validation losses, stop step, best step, init, and the verdict: "converged", "warnings",
-        "khat" — NaN with "khat_skipped" saying why where it is not computed: point-mass guides, and
-        guides with latent sites in ``subsample_plate``, i.e. local or amortised ones like a VAE's,
-        whose joint weights over the whole data set say nothing about each local fit).
+        values), draw (samples of the guide's latent sites), importance (draws with their log weights,
+        for PSIS), diagnostics (validation losses, stop step, best step, init, step, and the verdict:
+        "converged", "warnings", "khat" — NaN with "khat_skipped" saying why where it is not computed:
+        point-mass guides, and guides with latent sites in ``subsample_plate``, i.e. local or amortised
+        ones like a VAE's, whose joint weights over the whole data set say nothing about each local fit).
 
     Warns:
         ConvergenceWarning when the loss had not settled or k-hat > 0.7 (:mod:`inference.verdict`).
+        CompileNotice when the compiled step does not apply and the eager one runs.
 
     Raises:
         InvalidInputError for bad settings or data; NonFiniteError when the loss or a gradient becomes NaN
         or infinite, naming the step and the sites (the parameters keep their last finite values).
     """
     check_data(data)
-    loss_fn = make_elbo(elbo, num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-                        vectorize_particles=vectorize_particles)
-    # Jit ELBOs recompile for every new input shape, so held-out batches use the plain estimator.
-    eval_fn = make_elbo(elbo.removeprefix("jit-"), num_particles=num_particles,
-                        max_plate_nesting=max_plate_nesting, vectorize_particles=vectorize_particles)
-    batches = _Batches(data, batch_size, seed, data_size)
+    run = SVI(model, guide, elbo=elbo, num_particles=num_particles, vectorize_particles=vectorize_particles,
+              max_plate_nesting=max_plate_nesting, optimizer=optimizer, lr=lr, momentum=momentum,
+              weight_decay=weight_decay, clip_norm=clip_norm, schedule=schedule, lr_min=lr_min, init=init,
+              compile=compile, subsample_plate=subsample_plate, distributed=distributed, grad_hook=grad_hook)
     if epochs is not None:
         if batch_size is None:
             raise InvalidInputError("epochs needs batch_size; without minibatches use steps")
-        steps = check_positive("epochs", epochs, integer=True) * batches.per_epoch
+        steps = check_positive("epochs", epochs, integer=True) * _Batches(data, batch_size, seed,
+                                                                          data_size).per_epoch
     check_positive("steps", steps, integer=True)
     if validation_data is not None:
         validation_data = tuple(validation_data) if isinstance(validation_data, (tuple, list)) \
             else (validation_data,)
         check_data(validation_data, "validation_data argument")
-    if eval_every is None:
-        eval_every = batches.per_epoch if batch_size else 100
-    check_positive("eval_every", eval_every, integer=True)
     if patience is not None:
         check_positive("patience", patience, integer=True)
-    if clip_norm is not None:
-        check_positive("clip_norm", clip_norm)
     if checkpoint_every is not None:
         check_positive("checkpoint_every", checkpoint_every, integer=True)
     if resume and checkpoint is None:
         raise InvalidInputError("resume=True needs a checkpoint path")
-    check_choice("init", init, INITS)
 
     store = pyro.get_param_store()
-    with store.scope() as state:
-        pyro.set_rng_seed(seed)
-        # The first pass creates the parameters (Pyro creates them lazily), so the optimizer can own them.
-        try:
-            with poutine.trace(param_only=True) as capture, improper_priors_start_at_zero():
-                with batches.scaled(subsample_plate) as scaler:
-                    eval_fn.loss(model, guide, *batches.first())
-        except MODEL_ERRORS as e:
-            raise model_error(e, "on the data") from e
-        if batch_size is not None and not scaler.hit:
-            raise InvalidInputError(f"batch_size was given, but no sample site of the model or guide is "
-                                    f"inside a pyro.plate named {subsample_plate!r} (subsample_plate)")
-        names = sorted(capture.trace.nodes)
-        if not names:
-            raise InvalidInputError("neither the model nor the guide has parameters: there is nothing "
-                                    "for SVI to fit")
-        params = [store.get_param(n).unconstrained() for n in names]
-        step_sds, started = _start(init, model, guide, data, batch_size, distributed, max_plate_nesting,
-                                   seed)
-        opt = _optim.make_optimizer(optimizer, params, lr=lr, momentum=momentum,
-                                    weight_decay=weight_decay)
-        sched = _optim.make_schedule(schedule, opt, steps=steps, lr_min=lr_min)
-
-        losses, val_losses = [], []
-        tracker = _EarlyStopping(patience, min_delta)
-        start = 0
-        if resume and checkpoint is not None:
-            saved = _dist.on_rank0(lambda: load_checkpoint(checkpoint) if _exists(checkpoint) else None) \
-                if distributed else (load_checkpoint(checkpoint) if _exists(checkpoint) else None)
-            if saved is not None:
-                start = _restore(saved, checkpoint, names, params, opt, sched, batches, losses, val_losses,
-                                 tracker, distributed)
-
-        if elbo.startswith("jit-") and start < steps:
-            # Compile now, outside the run's random stream: compiling draws random numbers, and a
-            # resumed run compiles at a different step than the uninterrupted one.
-            with torch.random.fork_rng(devices=[]), batches.scaled(subsample_plate), _graph_mode(params):
-                loss_fn.loss_and_grads(model, guide, *batches.first())
-            opt.zero_grad(set_to_none=True)
+    with store.scope() as scope:
+        state = run.init(*data, steps=steps, batch_size=batch_size, data_size=data_size, seed=seed)
+        state.tracker = _EarlyStopping(patience, min_delta)
+        if eval_every is None:
+            eval_every = state.batches.per_epoch if batch_size else 100
+        check_positive("eval_every", eval_every, integer=True)
+        if resume:
+            _resume(state, checkpoint, distributed)
 
         quiet = distributed and _dist.rank() != 0
-        bar = tqdm(total=steps, initial=start, disable=quiet or _no_progress(progress), desc="svi",
+        bar = tqdm(total=steps, initial=state.step, disable=quiet or _no_progress(progress), desc="svi",
                    dynamic_ncols=True, leave=False)
         t0 = time.perf_counter()
         stopped = None
-        for step in range(start, steps):
-            batch = batches.next()
-            try:
-                with batches.scaled(subsample_plate), _graph_mode(params):
-                    loss = loss_fn.loss_and_grads(model, guide, *batch)
-            except MODEL_ERRORS as e:  # e.g. a parameter left a distribution's support
-                raise model_error(e, f"at step {step}") from e
-            if distributed:
-                loss = _dist.mean(loss)
-            if grad_hook is not None:
-                grad_hook(params)
-            norm = _optim.grad_norm(params)
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                opt.zero_grad(set_to_none=True)
-                raise NonFiniteError(_nonfinite_message(step, loss, norm, model, guide, batch, names,
-                                                        params, batches, subsample_plate))
-            if clip_norm is not None:
-                _optim.clip_grad_norm(params, clip_norm, norm)
-            before = [p.detach().clone() for p in step_sds]
-            opt.step()
-            if step_sds:
-                with torch.no_grad():   # the mean's step, lr x (Adam's unit step), in posterior sds
-                    for (p, sd), b in zip(step_sds.items(), before):
-                        p.sub_(b).mul_(sd).add_(b)
-            opt.zero_grad(set_to_none=True)
-            if sched is not None:
-                sched.step()
-            losses.append(loss)
-            if step % 10 == 0 or step == steps - 1:
+        while state.step < steps:
+            loss = run.update(state)
+            step = state.step - 1
+            if step % 10 == 0 or state.step == steps:
                 bar.set_postfix(loss=f"{loss:.5g}", refresh=False)
             bar.update(1)
-
             done = bool(callback(step, loss)) if callback is not None else False
-            if (step + 1) % eval_every == 0:
+            if state.step % eval_every == 0:
                 if validation_data is not None:
-                    val = _heldout_loss(eval_fn, model, guide, validation_data, batches, subsample_plate)
-                    if distributed:
-                        val = _dist.mean(val)
-                    val_losses.append((step + 1, val))
+                    val = run.evaluate(state, *validation_data)
+                    state.val_losses.append((state.step, val))
                     bar.set_postfix(loss=f"{loss:.5g}", heldout=f"{val:.5g}", refresh=False)
                 else:
-                    val = float(np.mean(losses[-eval_every:]))
-                done = tracker.update(step + 1, val, params, keep_best=validation_data is not None) or done
-            if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-                _save(checkpoint, step + 1, names, params, opt, sched, batches, losses, val_losses, tracker,
-                      distributed)
+                    val = float(np.mean(state.losses[-eval_every:]))
+                done = state.tracker.update(state.step, val, state.params,
+                                            keep_best=validation_data is not None) or done
+            if checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0:
+                _save(checkpoint, state, distributed)
             if done:
-                stopped = step + 1
+                stopped = state.step
                 break
         bar.close()
-        if validation_data is not None and tracker.best_params is not None:
+        if validation_data is not None and state.tracker.best_params is not None:
             with torch.no_grad():
-                for p, best in zip(params, tracker.best_params):
+                for p, best in zip(state.params, state.tracker.best_params):
                     p.copy_(best)
         if checkpoint is not None:
-            _save(checkpoint, len(losses), names, params, opt, sched, batches, losses, val_losses, tracker,
-                  distributed)
+            _save(checkpoint, state, distributed)
         seconds = time.perf_counter() - t0
-        constrained = {n: store[n].detach().clone() for n in names}
+        constrained = {n: store[n].detach().clone() for n in state.names}
 
-    point_mass = _has_point_masses(guide, data, state)
+    point_mass = has_point_masses(guide, data, scope)
     skipped = ("the guide is a point estimate (Delta): it has no density to weigh" if point_mass else
-               _local_latents(guide, data, state, subsample_plate))
+               local_latents(guide, data, scope, subsample_plate))
     fit = Fit(
-        method="svi", losses=np.asarray(losses), seconds=seconds, params=constrained,
-        diagnostics={"stopped_at": stopped, "best_step": tracker.best_step, **started,
-                     "vectorized_weights": not point_mass and _can_vectorize(model, guide, data, state, elbo),
-                     "validation_losses": val_losses, "elbo": elbo, "optimizer": optimizer},
-        draw=guide_sampler(guide, data, state),
-        importance=None if point_mass else importance_weights(model, guide, data, state, elbo, max_plate_nesting),
+        method="svi", losses=np.asarray(state.losses), seconds=seconds, params=constrained,
+        diagnostics={"stopped_at": stopped, "best_step": state.tracker.best_step, **state.info,
+                     "vectorized_weights": not point_mass and can_vectorize(model, guide, data, scope, elbo),
+                     "validation_losses": state.val_losses, "elbo": elbo, "optimizer": optimizer},
+        draw=guide_sampler(guide, data, scope),
+        importance=None if point_mass else importance_weights(model, guide, data, scope, elbo,
+                                                              max_plate_nesting),
     )
     return judge(fit, skipped)
+
+
+def _save(path, state, distributed=False):
+    # A distributed run gathers every rank's random state (a collective: all ranks call this); rank 0 writes.
+    ranks = _dist.gather_object(_rank_state(state.batches)) if distributed else None
+    if distributed and _dist.rank() != 0:
+        return
+    save_checkpoint(path, {**state.state_dict(), **({"ranks": ranks} if ranks is not None else {})})
+
+
+def _rank_state(batches):
+    return {"batches": {k: v.cpu() if torch.is_tensor(v) else v for k, v in batches.state().items()},
+            "torch_rng": torch.get_rng_state()}
+
+
+def _resume(state, path, distributed):
+    """Continue ``state`` from the checkpoint at ``path`` if there is one (read by rank 0 and sent to all
+    ranks when distributed; each rank then takes its own minibatch and random state from it)."""
+    def read():
+        return load_checkpoint(path) if _exists(path) else None
+    saved = _dist.on_rank0(read) if distributed else read()
+    if saved is None:
+        return
+    state.load_state_dict(saved, where=f"checkpoint {str(path)!r}")
+    if distributed:
+        ranks = saved.get("ranks") or [None]
+        if len(ranks) != _dist.world_size():
+            raise CheckpointError(f"checkpoint {str(path)!r} was written by {len(ranks)} process(es); resume it "
+                                  f"with the same number (now {_dist.world_size()})")
+        state.batches.load(ranks[_dist.rank()]["batches"])
+        torch.set_rng_state(ranks[_dist.rank()]["torch_rng"])
 
 
 def judge(fit, khat_skipped=None):
@@ -426,103 +572,13 @@ def _start(init, model, guide, data, batch_size, distributed, max_plate_nesting,
     return {}, {"init": f"guide ({reason})"}
 
 
-def _can_vectorize(model, guide, data, state, elbo_name):
-    """Whether the importance weights of this model and guide can be drawn in one vectorised pass."""
-    if "enum" in elbo_name:
-        return False
-    with pyro.get_param_store().scope(state), torch.no_grad(), seeded(0):
-        return _vectorized_weights(model, guide, data, 2) is not None
+def _no_progress(progress):
+    return None if progress is None else not progress
 
 
-def _local_latents(guide, data, state, plate):
-    """Why k-hat is skipped for a guide with latent sites inside ``plate`` (local, often amortised), or
-    None when all its latent sites are global."""
-    with pyro.get_param_store().scope(state), torch.no_grad():
-        trace = poutine.trace(guide).get_trace(*data)
-    local = [n for n, s in trace.nodes.items() if _is_latent(s)
-             and any(f.name == plate for f in s["cond_indep_stack"])]
-    if local:
-        return (f"the guide has local latent sites {local} in plate {plate!r}: the importance weights of "
-                "the whole data set do not judge each local fit")
-    return None
-
-
-def guide_sampler(guide, data, state):
-    """``draw(num_samples, seed)``: samples of the guide's latent sites, {site: [num_samples, *shape]}.
-
-    Vectorised over a plate outside the guide's own plates when the guide allows it, else a loop.
-    """
-    def draw(num_samples, seed):
-        with pyro.get_param_store().scope(state), torch.no_grad(), seeded(seed):
-            one = poutine.trace(guide).get_trace(*data)
-            sites = {n: s for n, s in one.nodes.items() if _is_latent(s)}
-            nesting = max([-f.dim for s in sites.values() for f in s["cond_indep_stack"]
-                           if f.vectorized and f.dim is not None], default=0)
-            try:
-                with pyro.plate("_draws", num_samples, dim=-(nesting + 1)):
-                    many = poutine.trace(guide).get_trace(*data)
-                return {n: many.nodes[n]["value"].reshape(num_samples, *s["value"].shape)
-                        for n, s in sites.items()}
-            except (RuntimeError, ValueError, NotImplementedError):  # guide not vectorisable: loop
-                traces = [poutine.trace(guide).get_trace(*data) for _ in range(num_samples)]
-                return {n: torch.stack([t.nodes[n]["value"] for t in traces]) for n in sites}
-    return draw
-
-
-def importance_weights(model, guide, data, state, elbo_name, max_plate_nesting=None):
-    """``importance(num_samples, seed)``: draws z ~ q of the guide's latent sites, {site: [n, *shape]}, and
-    log p(x, z) − log q(z) at each (array [n]).
-
-    All draws at once in a plate outside the model's plates (Pyro's ``vectorized_importance_weights``)
-    where the model allows it; otherwise one draw at a time, its weight a one-particle ELBO of the guide
-    replayed at that draw, which is exactly the log weight (discrete sites enumerated by the model summed
-    out by TraceEnum_ELBO). Results are cached: the verdict and ``compare`` ask for the same draws.
-    """
-    name = "enum" if "enum" in elbo_name else "trace"   # meanfield's analytic KL is not a weight
-    cache = {}
-
-    def importance(num_samples, seed):
-        if (num_samples, seed) not in cache:
-            with pyro.get_param_store().scope(state), torch.no_grad(), seeded(seed):
-                result = _vectorized_weights(model, guide, data, num_samples) if name == "trace" else None
-                cache[num_samples, seed] = result or _weights_one_by_one(
-                    model, guide, data, num_samples, make_elbo(name, max_plate_nesting=max_plate_nesting))
-        return cache[num_samples, seed]
-    return importance
-
-
-def _vectorized_weights(model, guide, data, num_samples):
-    """(draws, log weights) for ``num_samples`` draws in one pass, or None where the model or guide
-    cannot be vectorised (an unbatched site, Python control flow on a sample)."""
-    guide_trace = poutine.trace(guide).get_trace(*data)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*data)
-    shapes = {n: s["value"].shape for n, s in guide_trace.nodes.items() if _is_latent(s)}
-    nesting = max([-f.dim for tr in (guide_trace, model_trace) for s in tr.nodes.values()
-                   if s["type"] == "sample" for f in s["cond_indep_stack"] if f.vectorized], default=0)
-    parts = []
-    for start in range(0, num_samples, WEIGHT_CHUNK):   # chunks bound the memory of [draws, data] tensors
-        n = min(WEIGHT_CHUNK, num_samples - start)
-        try:
-            log_w, _, many = vectorized_importance_weights(model, guide, *data, num_samples=n,
-                                                            max_plate_nesting=nesting, normalized=False)
-            draws = {k: many.nodes[k]["value"].reshape(n, *shape) for k, shape in shapes.items()}
-        except (*MODEL_ERRORS, AssertionError):
-            return None
-        if log_w.shape != (n,):
-            return None
-        parts.append((draws, log_w.detach().double().cpu().numpy()))
-    return ({k: torch.cat([d[k] for d, _ in parts]) for k in shapes},
-            np.concatenate([w for _, w in parts]))
-
-
-def _weights_one_by_one(model, guide, data, num_samples, loss_fn):
-    """(draws, log weights): each draw's weight is the one-particle ELBO of the guide replayed there."""
-    draws, log_w = [], []
-    for _ in range(num_samples):
-        trace = poutine.trace(guide).get_trace(*data)
-        log_w.append(-loss_fn.loss(model, poutine.replay(guide, trace=trace), *data))
-        draws.append({n: s["value"] for n, s in trace.nodes.items() if _is_latent(s)})
-    return {n: torch.stack([d[n] for d in draws]) for n in draws[0]}, np.array(log_w)
+def _exists(path):
+    from pathlib import Path
+    return Path(path).is_file()
 
 
 # ---- internals -------------------------------------------------------------------------------------
@@ -655,104 +711,3 @@ def _nonfinite_message(step, loss, norm, model, guide, batch, names, params, bat
         parts.append(f"non-finite parameter(s) {', '.join(bad_params)}")
     parts.append("the parameters keep their last finite values; try a smaller lr or clip_norm")
     return "; ".join(parts)
-
-
-def _has_point_masses(guide, data, state):
-    """Whether the guide puts a Delta on some latent site (MAP): importance weights then mean nothing.
-
-    Guides that draw an auxiliary variable and place the model's sites as Deltas of it (AutoContinuous
-    guides such as AutoMultivariateNormal) do have a density, carried by the auxiliary site.
-    """
-    with pyro.get_param_store().scope(state), torch.no_grad():
-        trace = poutine.trace(guide).get_trace(*data)
-    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
-    if any(s["infer"].get("is_auxiliary", False) for s in sites):
-        return False
-    for site in filter(_is_latent, sites):
-        fn = site["fn"]
-        while hasattr(fn, "base_dist"):
-            fn = fn.base_dist
-        if isinstance(fn, pyro.distributions.Delta):
-            return True
-    return False
-
-
-def _is_latent(site):
-    return (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-            and not site["infer"].get("is_auxiliary", False)
-            and not site["infer"].get("_do_not_trace", False))
-
-
-def _graph_mode(params):
-    """Run compiled (jit-) ELBOs without TorchScript's graph optimiser on CPU: the autodiff subgraphs it
-    builds have a slower backward than eager autograd for the small tensors of a minibatch step (VAE on
-    digits: 1.06 vs 1.15 ms per forward+backward, benchmarks/vae_step.py); the traced graph still skips
-    Pyro's Python-level tracing. Elsewhere (CUDA) the optimiser's fusion is kept."""
-    return torch.jit.optimized_execution(params[0].device.type != "cpu")
-
-
-@contextmanager
-def seeded(seed):
-    """Seed torch's generator (the one Pyro samples from) inside the block; the outer state is restored
-    after, so drawing from a fit never disturbs the caller's random stream."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _no_progress(progress):
-    return None if progress is None else not progress
-
-
-def _exists(path):
-    from pathlib import Path
-    return Path(path).is_file()
-
-
-def _save(path, step, names, params, opt, sched, batches, losses, val_losses, tracker, distributed=False):
-    # A distributed run gathers every rank's random state (a collective: all ranks call this); rank 0 writes.
-    ranks = _dist.gather_object(_rank_state(batches)) if distributed else None
-    if distributed and _dist.rank() != 0:
-        return
-    save_checkpoint(path, {
-        "format": "pyro-zoo/svi/1", "step": step, "names": names,
-        "params": [p.detach().cpu() for p in params],
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
-        "batches": batches.state(), "torch_rng": torch.get_rng_state(),
-        "losses": torch.tensor(losses, dtype=torch.float64),
-        "val_losses": [[s, v] for s, v in val_losses], "tracker": tracker.state(),
-        **({"ranks": ranks} if ranks is not None else {}),
-    })
-
-
-def _rank_state(batches):
-    return {"batches": {k: v.cpu() if torch.is_tensor(v) else v for k, v in batches.state().items()},
-            "torch_rng": torch.get_rng_state()}
-
-
-def _restore(state, path, names, params, opt, sched, batches, losses, val_losses, tracker, distributed=False):
-    if state.get("format") != "pyro-zoo/svi/1" or state.get("names") != names:
-        raise CheckpointError(f"checkpoint {str(path)!r} was written by a different model/guide "
-                              f"(parameters {state.get('names')} != {names})")
-    with torch.no_grad():
-        for p, saved in zip(params, state["params"]):
-            if p.shape != saved.shape:
-                raise CheckpointError(f"checkpoint {str(path)!r}: parameter shapes differ "
-                                      f"({tuple(saved.shape)} vs {tuple(p.shape)})")
-            p.copy_(saved.to(p.device))
-    opt.load_state_dict(state["optimizer"])
-    if sched is not None and state["scheduler"] is not None:
-        sched.load_state_dict(state["scheduler"])
-    batches.load(state["batches"])
-    torch.set_rng_state(state["torch_rng"])
-    if distributed:
-        ranks = state.get("ranks") or [None]
-        if len(ranks) != _dist.world_size():
-            raise CheckpointError(f"checkpoint {str(path)!r} was written by {len(ranks)} process(es); resume it "
-                                  f"with the same number (now {_dist.world_size()})")
-        batches.load(ranks[_dist.rank()]["batches"])
-        torch.set_rng_state(ranks[_dist.rank()]["torch_rng"])
-    losses.extend(state["losses"].tolist())
-    val_losses.extend((int(s), float(v)) for s, v in state["val_losses"])
-    tracker.load(state["tracker"])
-    return int(state["step"])

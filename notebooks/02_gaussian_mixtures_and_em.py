@@ -44,7 +44,7 @@ from zoo.gmm import ConvergenceWarning
 QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"   # the test suite runs a smaller version
 RESTARTS = 20 if QUICK else 100                      # seeds per initialisation scheme in section 4
 torch.set_default_dtype(torch.float64)
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. The model

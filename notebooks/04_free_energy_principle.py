@@ -41,7 +41,7 @@ from zoo import fep
 
 QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"   # the test suite runs a smaller version
 RECORD = 20 if QUICK else 1                          # keep every RECORD-th time step of the simulations
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. From $F$ to the Laplace-encoded energy

@@ -1,10 +1,12 @@
 """`zoo fit vae | beta-vae` end to end with small settings."""
 import json
+import re
 
 import numpy as np
 import pytest
 
 from zoo.cli import main
+from zoo.vae import format_kl_split
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("reconstructions.png", "samples.png", "traversals.png", "kl_per_dim.png", "losses.png")
@@ -25,7 +27,9 @@ def test_fit_vae_on_digits_writes_summary_figures_and_resumes(tmp_path, capsys):
     assert "mig" not in s                               # digits have no known generating factors
     for name in FIGURES:
         assert (out / name).read_bytes()[:8] == PNG
-    assert "test ELBO" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test ELBO" in printed
+    assert_kl_line_adds_up(printed, split)
     # --resume continues the same run to 4 epochs
     assert main(args + ["--epochs", "4", "--resume"]) == 0
     s2 = json.loads((out / "summary.json").read_text())
@@ -72,3 +76,31 @@ def test_fit_on_user_mnist_files(tmp_path):
                  "--no-progress"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["n_test"] == 20 and np.isfinite(s["test_elbo"])
+
+
+KL_LINE = re.compile(r"KL estimate (\S+) = I\(x;z\) (\S+) \+ TC (\S+) \+ dim-wise (\S+) \(exact KL (\S+)\)")
+
+
+def assert_kl_line_adds_up(text, split):
+    """The printed KL split: the parts add up to the total printed beside them (the estimate), and the
+    closed-form KL is printed apart, as itself."""
+    m = KL_LINE.search(text)
+    assert m, text
+    total, mi, tc, dw, exact = (float(v) for v in m.groups())
+    assert mi + tc + dw == pytest.approx(total, abs=1e-9)
+    assert total == pytest.approx(split["kl"], abs=2e-3)
+    assert exact == pytest.approx(split["kl_exact"], abs=1e-3)
+
+
+def test_kl_split_line_puts_the_exact_kl_apart_from_the_parts_it_does_not_equal():
+    # the numbers of the issue: an exact KL of 2.790 whose estimator's parts sum to 2.974
+    split = {"kl": 2.9741, "mutual_info": 2.6144, "total_correlation": 0.2897, "dimwise_kl": 0.0700,
+             "kl_exact": 2.7904}
+    line = format_kl_split(split)
+    assert line == "KL estimate 2.974 = I(x;z) 2.614 + TC 0.290 + dim-wise 0.070 (exact KL 2.790)"
+    assert_kl_line_adds_up(line, split)
+    # rounding each part alone could leave the sum a digit off the rounded total: the printed total is
+    # the sum of the printed parts
+    odd = {"kl": 0.0015, "mutual_info": 0.0005, "total_correlation": 0.0005, "dimwise_kl": 0.0005,
+           "kl_exact": 0.0}
+    assert_kl_line_adds_up(format_kl_split(odd), odd)

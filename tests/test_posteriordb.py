@@ -341,10 +341,10 @@ def test_linear_regression_closed_form():
 # or inf for exact references). With ESS >= 420 that is <= 0.05, so the tolerance 0.15 is >= 3 Monte
 # Carlo sds: a correct transcription and reference fail with probability < 0.3% per element. The test
 # checks that ESS bound too, so too few draws fail as such rather than as a wrong mean. The cases are
-# the cheapest posteriors of each kind with enough draws for that ESS (NUTS gives about 0.75 ESS per
-# draw on arma11, 0.3 on the one-dimensional gamma posterior).
+# the cheapest posteriors of each kind with enough draws for that ESS at the sampler's worst rate over
+# seeds 0-7 (about 0.55 ESS per draw on arma11, 0.23 on the one-dimensional gamma posterior).
 TOLERANCE, MIN_ESS, WARMUP = 0.15, 420, 300
-NUTS_CASES = [("arma-arma11", 650), ("conjugate-gamma-poisson", 1600)]
+NUTS_CASES = [("arma-arma11", 900), ("conjugate-gamma-poisson", 2400)]
 
 
 @pytest.fixture

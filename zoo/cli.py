@@ -100,17 +100,24 @@ def _run_compare_gmm(args):
     import pandas as pd
     from inference.errors import InvalidInputError
     from zoo import data
-    from zoo.gmm import compare_methods
+    import torch
+    from zoo.gmm import compare_methods, in_data_units
     for name in ("n_samples", "components", "dims", "steps", "num_samples"):
         if getattr(args, name) < 1:
             raise InvalidInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise InvalidInputError(f"--warmup must be >= 0, got {args.warmup}")
-    truth = None
+    truth, data_units = None, None
     if args.csv:
         columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-        X = data.read_csv(args.csv, columns=columns, standardize=True)
-        source = f"{args.csv} (standardised), {X.shape[0]} x {X.shape[1]}"
+        raw = data.read_csv(args.csv, columns=columns)
+        # fitted on standardised columns (priors and starting points assume unit scale); reported in the
+        # CSV's own units
+        sd = raw.std(0, correction=0)
+        data_units = (raw.mean(0), torch.where(sd > 0, sd, torch.ones_like(sd)))
+        X = (raw - data_units[0]) / data_units[1]
+        source = (f"{args.csv}, {X.shape[0]} x {X.shape[1]} (fitted on standardised columns; means and scales "
+                  f"reported in the CSV's own units)")
     else:
         mix = data.make_mixture(args.n_samples, args.components, args.dims, seed=args.data_seed)
         X, truth = mix.X, mix.means
@@ -119,14 +126,16 @@ def _run_compare_gmm(args):
     print(f"zoo compare gmm: {source}; methods {', '.join(methods)}", flush=True)
     result = compare_methods(X, args.components, methods=methods, covariance_type=args.covariance_type,
                              out=args.out, steps=args.steps, num_samples=args.num_samples,
-                             warmup_steps=args.warmup, seed=args.seed, truth=truth, progress=args.progress)
+                             warmup_steps=args.warmup, seed=args.seed, truth=truth, progress=args.progress,
+                             data_units=data_units)
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 4):
         print("\nper method (log_lik: mean log predictive density per point; error in NUTS posterior sds)")
         print(result["summary"].to_string())
-        table = result["table"]
+        table = in_data_units(result["table"], data_units, args.covariance_type)
         wide = (table.assign(value=[f"{m:.3f} ({s:.3f})" for m, s in zip(table["mean"], table["sd"])])
                 .pivot(index="variable", columns="method", values="value"))
-        print("\nposterior mean (sd) per parameter")
+        print("\nposterior mean (sd) per parameter" +
+              (", means and scales in the CSV's own units" if data_units is not None else ""))
         print(wide[[m for m in result["fits"]]].reindex(table["variable"].unique()).to_string())
     print(f"\nwrote {len(result['files'])} files to {args.out}")
 
@@ -351,8 +360,7 @@ def _fit_vae(args, device):
     model.save(out / "model.pt")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"test ELBO {summary['test_elbo']:.3f}  IWAE(k={args.iwae_k}) {summary['test_iwae']:.3f}  "
-          f"KL {split['kl_exact']:.3f} = I(x;z) {split['mutual_info']:.3f} + TC {split['total_correlation']:.3f}"
-          f" + dim-wise {split['dimwise_kl']:.3f}" +
+          f"{vae_mod.format_kl_split(split)}" +
           (f"  MIG {summary['mig']:.3f}  FactorVAE {summary['factorvae_score']:.3f}" if factors is not None
            else ""))
     print(f"wrote {', '.join(figures)}, summary.json, model.pt, checkpoint.pt to {out}/")

@@ -303,8 +303,9 @@ def _laplace_at(model, phi, init):
     from inference.laplace import laplace
 
     # max_plate_nesting given: Pyro would otherwise guess it by sampling the model, and μ's flat prior
-    # cannot be sampled
-    d = laplace(model, phi, init=init, optimize=False, max_plate_nesting=0).diagnostics
+    # cannot be sampled; check=False: only the curvature at ``init`` is wanted here, not a verdict on a
+    # Gaussian approximation at a point that is not the mode
+    d = laplace(model, phi, init=init, optimize=False, max_plate_nesting=0, check=False).diagnostics
     order = torch.cat([torch.arange(d["sites"][name].start, d["sites"][name].stop) for name in init])
     h = torch.as_tensor(d["hessian"], dtype=phi.dtype)[order][:, order]
     return h, torch.as_tensor(d["log_det_hessian"], dtype=phi.dtype), torch.as_tensor(d["potential"],

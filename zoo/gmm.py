@@ -811,7 +811,7 @@ METHODS = ("em", "variational_em", "map", "svi", "laplace", "nuts")
 
 def compare_methods(X, n_components=3, *, methods=METHODS, covariance_type="full", out=None, steps=1000,
                     lr=0.05, num_samples=300, warmup_steps=200, n_init=5, seed=0, truth=None,
-                    progress=False):
+                    progress=False, data_units=None):
     """Fit one data set by every method, align their labels, and compare them (the `zoo compare gmm` job).
 
     Methods: "em" (closed form), "variational_em" (exact E-step by enumeration, numerical M-step; its
@@ -823,6 +823,9 @@ def compare_methods(X, n_components=3, *, methods=METHODS, covariance_type="full
         X: data [N, D]. n_components, covariance_type: the mixture. steps, lr: SVI steps and rate (MAP and
         Bayesian). num_samples, warmup_steps: NUTS. n_init: EM restarts. truth: optional true means
         [K, D], marked on the cluster plot. out: folder for the files (None: write nothing).
+        data_units: ``(center, scale)`` [D] each when X is the caller's data standardised as
+        (data - center) / scale: the files written (``comparison.csv``, the InferenceData) then report the
+        means and scales in the data's own units (see :func:`in_data_units`); the fits stay standardised.
 
     Returns:
         dict: "fits" {method: Fit (aligned)}, "table" (``inference.compare``: one row per method and
@@ -887,12 +890,62 @@ def compare_methods(X, n_components=3, *, methods=METHODS, covariance_type="full
     summary.insert(0, "log_lik", [log_predictive(X, f.samples(200, seed), covariance_type) for f in fits.values()])
     result = {"fits": fits, "table": table, "summary": summary, "model": gmm, "files": []}
     if out is not None:
-        result["files"] = _write_comparison(out, X, fits, table, summary, gmm, truth, var_names)
+        result["files"] = _write_comparison(out, X, fits, table, summary, gmm, truth, var_names,
+                                            data_units=data_units)
     return result
 
 
-def _write_comparison(out, X, fits, table, summary, gmm, truth, var_names):
-    """Write figures (PNG), the tables (CSV) and every fit's InferenceData (netCDF), each atomically."""
+def in_data_units(table, data_units=None, covariance_type="full"):
+    """The comparison table with a ``units`` column, its means and scales in the data's own units.
+
+    ``data_units``: ``(center, scale)`` [D] of a standardisation x_std = (x - center) / scale (None: the
+    data were not standardised). A mean μ_kd becomes center_d + scale_d μ_kd, a scale σ_kd becomes
+    scale_d σ_kd, and their posterior sds scale by scale_d; ``error`` and ``sd_ratio`` are ratios of
+    quantities in the same units, so they do not change. ``units`` says what each row is in: "data" (means
+    and scales), "none" (weights, correlations), or "standardised" (a spherical scale shared by columns of
+    different sds, which has no single value in the data's units).
+    """
+    table = table.copy()
+    kind = table["variable"].str.extract(r"^(\w+)(?:\[(.*)\])?$")
+    table["units"] = np.where(kind[0].isin(["means", "scales"]), "data", "none")
+    if data_units is None:
+        return table
+    center, scale = (np.asarray(torch.as_tensor(v, dtype=torch.float64).cpu(), dtype=float) for v in data_units)
+    for i, (site, index) in kind.iterrows():
+        if site not in ("means", "scales"):
+            continue
+        idx = [int(j) for j in str(index).split(",")] if isinstance(index, str) else []
+        if len(idx) == 2:
+            d = idx[1]
+            s_d, c_d = scale[d], (center[d] if site == "means" else 0.0)
+        elif site == "scales" and np.allclose(scale, scale[0]):    # spherical, equal column sds
+            s_d, c_d = scale[0], 0.0
+        else:
+            table.loc[i, "units"] = "standardised"
+            continue
+        table.loc[i, "mean"] = c_d + s_d * table.loc[i, "mean"]
+        table.loc[i, "sd"] = s_d * table.loc[i, "sd"]
+    return table
+
+
+def _idata_in_data_units(idata, data_units):
+    """``means`` and per-dimension ``scales`` of an InferenceData's posterior in the data's own units."""
+    if data_units is None:
+        return idata
+    center, scale = (np.asarray(torch.as_tensor(v, dtype=torch.float64).cpu(), dtype=float) for v in data_units)
+    post = idata.posterior
+    if "means" in post:
+        post["means"] = post["means"].copy(data=post["means"].values * scale + center)
+    if "scales" in post and post["scales"].ndim == 4:        # chain, draw, K, D
+        post["scales"] = post["scales"].copy(data=post["scales"].values * scale)
+    return idata
+
+
+def _write_comparison(out, X, fits, table, summary, gmm, truth, var_names, data_units=None):
+    """Write figures (PNG), the tables (CSV) and every fit's InferenceData (netCDF), each atomically.
+
+    With ``data_units`` (the caller standardised its data), ``comparison.csv`` and the InferenceData report
+    means and scales in the data's own units, and ``comparison.csv``'s ``units`` column says so per row."""
     from pathlib import Path
     from inference.checkpoint import atomic_output, atomic_write_text
     from inference.plots import plot_losses, plot_posteriors, save_figure
@@ -904,11 +957,13 @@ def _write_comparison(out, X, fits, table, summary, gmm, truth, var_names):
                "posteriors.png": plot_posteriors(fits, var_names=var_names),
                "clusters.png": _plot_clusters(X, fits, gmm, truth)}
     written += [save_figure(fig, out / name) for name, fig in figures.items()]
-    written.append(atomic_write_text(out / "comparison.csv", table.to_csv(index=False)))
+    written.append(atomic_write_text(out / "comparison.csv",
+                                     in_data_units(table, data_units, gmm.covariance_type).to_csv(index=False)))
     written.append(atomic_write_text(out / "summary.csv", summary.to_csv()))
     for name, fit in fits.items():
         with atomic_output(out / f"{name}.nc") as tmp:
-            fit.to_inference_data(num_samples=500).to_netcdf(tmp, engine="h5netcdf")
+            _idata_in_data_units(fit.to_inference_data(num_samples=500), data_units).to_netcdf(
+                tmp, engine="h5netcdf")
         written.append(out / f"{name}.nc")
     return written
 

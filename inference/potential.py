@@ -1,0 +1,156 @@
+"""A Pyro model's potential and its gradient on one flat unconstrained vector, optionally compiled.
+
+NUTS needs, hundreds of times per draw, the potential energy on the unconstrained space
+
+    U(z) = -log p(x, T⁻¹(z)) - log |det J_{T⁻¹}(z)|,   z = (z_1, ..., z_S) laid end to end (trace order),
+
+where T_s = biject_to(support of site s), and its gradient dU/dz. Pyro computes U by running the model
+under its effect handlers (``poutine.condition`` + ``poutine.trace``, then summing each site's log_prob)
+and the gradient by autograd: most of that time is Python bookkeeping, not arithmetic, and it is the
+same at every call. :class:`FlatPotential` therefore captures, once, the whole computation z -> (U, dU/dz)
+as a graph of tensor operations:
+
+:func:`inference.capture.capture` runs Pyro's potential and ``torch.autograd.grad`` on a real starting
+point under ``make_fx``, which records every ATen operation, the backward pass included (the Python of the
+model and of Pyro disappears: only the arithmetic is left), and runs that graph as TorchScript, in C++
+without a Python call per operation — the same capture as the compiled SVI step.
+
+A recorded graph replays the operations seen at the starting point, so Python control flow that depends
+on the *values* of the latent variables (``if sigma > 1:``, ``int(x.item())``) must not be frozen into
+it. Capture refuses to read a value out of a traced tensor (it raises, and the model falls back); and the
+graph is checked against Pyro's own potential at the start and at perturbed points. Where capture fails or
+the values differ, the eager potential (Pyro + autograd at every call) is used and the reason kept in
+``note``. Pass ``compile=False`` for models whose results depend on latent values in ways neither
+reveals (a value read through a path the tracer cannot see).
+"""
+import numpy as np
+import pyro
+import torch
+
+from .capture import CaptureError, capture
+
+# How far the compiled graph may differ from Pyro's own potential (relative, both U and dU/dz): rounding
+# of the same operations in another order, far below any frozen-branch difference.
+_CHECK_RTOL = {torch.float64: 1e-7, torch.float32: 1e-3}
+_CHECK_POINTS = 3           # perturbed points besides the start
+_CHECK_SCALE = 0.3          # their distance from the start, per unconstrained coordinate
+
+
+def _is_linalg_failure(e):
+    """A singular or non-positive-definite matrix inside the model: a point where the density is not
+    defined, which NUTS treats as infinite energy (as Pyro's integrator does)."""
+    message = str(e)
+    return isinstance(e, RuntimeError) and ("singular" in message or "positive-definite" in message)
+
+
+class FlatPotential:
+    """z [d] -> (U(z), dU/dz) for a Pyro potential over named unconstrained sites.
+
+    Args:
+        potential_fn: Pyro's potential, {site: unconstrained tensor} -> U (from
+            ``pyro.infer.mcmc.util.initialize_model``).
+        transforms: {site: T_s}, constrained -> unconstrained (same source).
+        start: {site: unconstrained tensor}, a point where U is finite (traced there when compiling).
+        order: site names in the order of the flat vector.
+        compile: capture z -> (U, dU/dz) as one TorchScript graph (else Pyro + autograd at every call).
+
+    Attributes:
+        names, shapes, slices, dim, dtype: the flat layout.
+        compiled: whether the captured graph is in use.
+        note: why it is not (capture failed, or it disagreed with Pyro), or how it runs if not as
+            TorchScript; "" for a TorchScript graph.
+    """
+
+    def __init__(self, potential_fn, transforms, start, order, compile=True):
+        self.potential_fn, self.transforms = potential_fn, transforms
+        self.names = list(order)
+        self.shapes = {n: start[n].shape for n in self.names}
+        self.slices, pos = {}, 0
+        for n in self.names:
+            self.slices[n] = slice(pos, pos + start[n].numel())
+            pos += start[n].numel()
+        self.dim = pos
+        # the flat vector takes the dtype of U where that is wider than the latents' (float64 data with
+        # float32 latents): integrating in float32 would round each step to the coarser grid
+        with pyro.validation_enabled(False), torch.no_grad():
+            dtype_U = potential_fn(start).dtype
+        self.dtype = torch.promote_types(start[self.names[0]].dtype, dtype_U)
+        self.compiled, self.note = False, "compile=False" if not compile else ""
+        self._fn = self._eager
+        if compile:
+            self._compile(self.flatten(start))
+
+    def flatten(self, params):
+        """{site: unconstrained tensor} -> flat tensor [d]."""
+        return torch.cat([params[n].detach().reshape(-1).to(self.dtype) for n in self.names])
+
+    def unflatten(self, z):
+        """Flat z [..., d] -> {site: tensor [..., *shape]}."""
+        batch = z.shape[:-1]
+        return {n: z[..., s].reshape(batch + self.shapes[n]) for n, s in self.slices.items()}
+
+    def constrain(self, z):
+        """Flat unconstrained draws z [..., d] -> {site: constrained values [..., *site_shape]}."""
+        return {n: self.transforms[n].inv(v) for n, v in self.unflatten(z).items()}
+
+    def _eager(self, z):
+        with torch.enable_grad():   # callers may hold no_grad: the gradient is the point here
+            z = z.detach().requires_grad_(True)
+            U = self.potential_fn(self.unflatten(z))
+            grad, = torch.autograd.grad(U, z)
+        return U.detach(), grad
+
+    def _compile(self, z0):
+        try:
+            graph = capture(self._eager, (z0,))   # z -> (U, dU/dz), forward and backward as one graph
+        except CaptureError as e:   # any failure to capture only costs speed: fall back, say why
+            self.note = f"not compiled, capture failed: {e}"
+            return
+
+        def fn(z):
+            with torch.no_grad():
+                return graph.run(z)
+        disagreement = self._check(fn, z0)
+        if disagreement:
+            self.note = f"not compiled: the captured graph differs from Pyro's potential {disagreement}"
+            return
+        self._fn, self.compiled = fn, True
+
+    def _check(self, fn, z0):
+        """Where the graph and Pyro's potential differ, as text ("" where they agree at every point)."""
+        g = torch.Generator().manual_seed(0)
+        points = [z0] + [z0 + _CHECK_SCALE * torch.randn(z0.shape, generator=g, dtype=z0.dtype)
+                         for _ in range(_CHECK_POINTS)]
+        rtol = _CHECK_RTOL.get(self.dtype, 1e-3)
+        for i, z in enumerate(points):
+            try:
+                with pyro.validation_enabled(False):
+                    want = self._eager(z)
+            except Exception:       # outside the density's domain (a singular matrix): nothing to compare
+                continue
+            try:
+                got = fn(z)
+            except Exception as e:
+                return f"(it fails at {'the start' if i == 0 else 'a perturbed point'}: {type(e).__name__})"
+            for a, b, what in [(got[0], want[0], "U"), (got[1], want[1], "dU/dz")]:
+                if not torch.isfinite(b).all():
+                    continue
+                scale = b.abs().max().clamp_min(1.0)
+                if not torch.allclose(a, b, rtol=rtol, atol=rtol * float(scale), equal_nan=True):
+                    return f"in {what} at {'the start' if i == 0 else 'a perturbed point'}"
+        return ""
+
+    def value_and_grad(self, z):
+        """U(z) and dU/dz as tensors, for z a tensor [d] of ``dtype`` (no autograd graph is kept)."""
+        return self._fn(z)
+
+    def __call__(self, z):
+        """U and dU/dz at z (numpy float64 [d]) as (float, numpy float64 [d]); (inf, zeros) where the
+        model's matrices are singular there (a point outside the density's domain)."""
+        try:
+            U, grad = self._fn(torch.from_numpy(z).to(self.dtype))
+        except RuntimeError as e:
+            if _is_linalg_failure(e):
+                return np.inf, np.zeros_like(z)
+            raise
+        return float(U), grad.detach().to(torch.float64).numpy()
