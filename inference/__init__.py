@@ -6,7 +6,8 @@ This package knows nothing of the models in ``zoo``: every function takes plain 
     fit = inference.svi(model, inference.guide(model, "fullrank"), *data)   # guide families by name
     fit = inference.variational_em(model, guide_or_None, *data)
     fit = inference.laplace(model, *data)
-    fit = inference.nuts(model, *data, num_samples=1000, warmup_steps=500)
+    fit = inference.nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=2)
+    run = inference.SVI(model, guide); state = run.init(*data, steps=1000); run.update(state)  # one step
     fit.diagnostics["converged"]     # the fit's verdict; inference.ConvergenceWarning when it is False
     fit.samples(1000, reweight=True) # Laplace/SVI draws corrected by Pareto-smoothed importance sampling
     table = inference.compare({"svi": f1, "laplace": f2, "nuts": f3}, reference="nuts")
@@ -20,8 +21,8 @@ from .laplace import laplace
 from .mcmc import nuts
 from .plots import plot_losses, plot_posteriors
 from .result import Fit, point_mass_draw
-from .svi import svi
+from .svi import SVI, CompileNotice, SVIState, svi
 
-__all__ = ["svi", "variational_em", "laplace", "nuts", "guide", "GUIDES", "compare", "summarize", "plot_losses",
+__all__ = ["svi", "SVI", "SVIState", "CompileNotice", "variational_em", "laplace", "nuts", "guide", "GUIDES", "compare", "summarize", "plot_losses",
            "plot_posteriors", "Fit", "point_mass_draw",
            "ZooError", "InvalidInputError", "NonFiniteError", "CheckpointError", "ConvergenceWarning"]

@@ -161,8 +161,11 @@ def capture(fn, inputs, *, backend="torchscript", calls=1, context=contextlib.nu
         except Exception as e:  # noqa: BLE001  (any compiler failure: the TorchScript graph still runs)
             backend = f"torchscript (inductor: {_first_line(e)})"
     if replay is None:
-        with torch.no_grad(), _quiet(), _fork_rng(inputs):     # tracing runs the graph: not on our draws
-            replay = _torchscript(torch.jit.trace(graph, tuple(inputs), check_trace=False), inputs)
+        try:
+            with torch.no_grad(), _quiet(), _fork_rng(inputs):   # tracing runs the graph: not on our draws
+                replay = _torchscript(torch.jit.trace(graph, tuple(inputs), check_trace=False), inputs)
+        except RuntimeError as e:   # an operation TorchScript cannot hold: the graph runs op by op instead
+            replay, backend = graph, f"fx graph (TorchScript: {_first_line(e)})"
     with _fork_rng(inputs), torch.no_grad():     # the replay must give what was captured, for the same draws
         _set_rng_state(rng)
         replayed = replay(*inputs)

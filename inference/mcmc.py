@@ -68,7 +68,7 @@ with warnings.catch_warnings():
 
 def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0, target_accept_prob=0.8,
          max_tree_depth=10, max_plate_nesting=None, progress=None, init=None, dense_mass=False,
-         chain_method="parallel", compile=True):
+         chain_method="parallel", compile=True, background=False):
     """Sample the posterior of ``model(*data)`` with NUTS.
 
     Args:
@@ -96,6 +96,9 @@ def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0,
             :mod:`inference.potential`; it falls back to Pyro's potential where it cannot apply); False
             evaluates Pyro's potential at every step (for models whose Python control flow depends on
             the latent values).
+        background: start the chains in worker processes and return at once a :class:`PendingFit`,
+            whose ``result()`` waits for them and gives the Fit, so the caller can fit other methods
+            meanwhile (where the platform can fork; else the chains run now). No progress bar.
 
     Returns:
         Fit with method "nuts": ``chains`` site -> tensor [chain, draw, *shape]; ``sample_stats``
@@ -148,14 +151,44 @@ def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0,
         inverse_metric = None if covariance is None else _laplace_metric(covariance, potential, dense_mass)
         sampler = _Sampler(potential, target_accept_prob, max_tree_depth, dense_mass, inverse_metric)
         jobs = [(starts[c], seed + c) for c in range(num_chains)]
+        if background and "fork" in multiprocessing.get_all_start_methods():
+            pending = _start_chains(sampler, jobs, warmup_steps, num_samples, max(processes, 1))
+            return PendingFit(lambda: _fit(pending.get(), potential, num_chains, num_samples, warmup_steps,
+                                           f"background ({max(processes, 1)} processes)",
+                                           time.perf_counter() - start), pending)
         with tqdm(total=num_chains * (warmup_steps + num_samples), disable=disable_progbar, desc="nuts",
                   leave=False) as bar:
             try:
                 runs = _run_chains(sampler, jobs, warmup_steps, num_samples, processes, bar)
             except MODEL_ERRORS as e:   # Pyro's potential failing at a point reached while sampling
                 raise model_error(e, "in nuts") from None
-    seconds = time.perf_counter() - start
+    fit = _fit(runs, potential, num_chains, num_samples, warmup_steps,
+               f"parallel ({processes} processes)" if processes > 1 else "sequential",
+               time.perf_counter() - start)
+    return PendingFit(lambda: fit, None) if background else fit
 
+
+class PendingFit:
+    """NUTS chains running in worker processes (``nuts(..., background=True)``): ``result()`` waits for
+    them and returns the Fit (its ``seconds`` run from the start to the end of the wait)."""
+
+    def __init__(self, finish, pending):
+        self._finish, self._pending, self._fit = finish, pending, None
+
+    def result(self):
+        if self._fit is None:
+            try:
+                self._fit = self._finish()
+            except MODEL_ERRORS as e:   # Pyro's potential failing at a point reached while sampling
+                raise model_error(e, "in nuts") from None
+            finally:
+                if self._pending is not None:
+                    self._pending.close()
+        return self._fit
+
+
+def _fit(runs, potential, num_chains, num_samples, warmup_steps, chain_method, seconds):
+    """The Fit of finished chains: draws constrained, ArviZ's R-hat and ESS, the verdict."""
     z = torch.from_numpy(np.stack([r.pop("z") for r in runs])).to(potential.dtype)   # [chain, draw, d]
     chains = {k: v.detach() for k, v in potential.constrain(z).items()}
     sample_stats = {k: np.stack([r[k] for r in runs]) for k in runs[0] if k != "final_step_size"}
@@ -176,9 +209,9 @@ def nuts(model, *data, num_samples=1000, warmup_steps=500, num_chains=1, seed=0,
         "num_chains": num_chains, "num_samples": num_samples, "warmup_steps": warmup_steps,
         "khat": np.nan, "potential": "compiled" if potential.compiled else "pyro",
         "potential_note": potential.note,
-        "chain_method": f"parallel ({processes} processes)" if processes > 1 else "sequential",
+        "chain_method": chain_method,
     }
-    verdict.deliver("nuts", diagnostics, _reasons(diagnostics), stacklevel=2)
+    verdict.deliver("nuts", diagnostics, _reasons(diagnostics), stacklevel=3)
     total = num_chains * num_samples
     pooled = {k: v.reshape(total, *v.shape[2:]) for k, v in chains.items()}
 
@@ -278,6 +311,32 @@ def _run_chains(sampler, jobs, warmup, num_samples, processes, bar):
         _FORKED.clear()
     bar.update(counter.value - bar.n)
     return results
+
+
+class _Started:
+    """Chains started in a pool of forked workers: ``get()`` waits for their results, ``close()``."""
+
+    def __init__(self, pool, pending):
+        self.pool, self.pending = pool, pending
+
+    def get(self):
+        return self.pending.get()
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+
+
+def _start_chains(sampler, jobs, warmup, num_samples, processes):
+    """Start every job in forked workers now; the workers take what they need at the fork."""
+    context = multiprocessing.get_context("fork")
+    _FORKED.update(sampler=sampler, jobs=jobs, warmup=warmup, num_samples=num_samples,
+                   counter=context.Value("l", 0))
+    try:
+        pool = context.Pool(processes)
+    finally:
+        _FORKED.clear()
+    return _Started(pool, pool.map_async(_forked_chain, range(len(jobs))))
 
 
 def _forked_chain(c):

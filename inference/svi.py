@@ -35,6 +35,8 @@ steps of the Laplace posterior sds (so ``lr`` is a fraction of a posterior sd, o
 rate anneals to ``lr / 100`` on a cosine (``schedule="cosine"``). The fit ends with its verdict
 (:mod:`inference.verdict`): the loss must have settled, and the guide's PSIS k-hat must not exceed 0.7.
 """
+import contextlib
+import copy
 import math
 import time
 import warnings
@@ -136,12 +138,13 @@ class SVIState:
     info: dict = field(default_factory=dict)
 
     def state_dict(self):
-        """Tensors and plain data only (``torch.load(weights_only=True)`` reads them), with the torch
-        random state, so that a run continued from it repeats the uninterrupted run."""
+        """A snapshot in tensors and plain data only (``torch.load(weights_only=True)`` reads it), with the
+        torch random state, so that a run continued from it repeats the uninterrupted run."""
         return {"format": CHECKPOINT_FORMAT, "step": self.step, "names": self.names,
-                "params": [p.detach().cpu() for p in self.params],
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "params": [p.detach().cpu().clone() for p in self.params],
+                # copies: torch's optimizer state_dict refers to the tensors the next step updates
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "scheduler": copy.deepcopy(self.scheduler.state_dict()) if self.scheduler is not None else None,
                 "batches": self.batches.state(), "torch_rng": torch.get_rng_state(),
                 "losses": torch.tensor(self.losses, dtype=torch.float64),
                 "val_losses": [[s, v] for s, v in self.val_losses], "tracker": self.tracker.state()}
@@ -217,8 +220,8 @@ class SVI:
             seed: seeds Pyro, torch and the minibatch order.
 
         Returns:
-            SVIState at step 0. Its ``store`` scope must be active around ``update`` and ``evaluate``
-            (:func:`svi` does this).
+            SVIState at step 0 (its parameters live in the param-store scope ``state.store``, which
+            ``update`` and ``evaluate`` enter where it is not the active one).
         """
         check_data(data)
         self.data = data
@@ -279,12 +282,12 @@ class SVI:
         """
         batch = state.batches.next()
         try:
-            with state.batches.scaled(self.subsample_plate):
-                if self._step is not None:
-                    loss, norm = (float(v) for v in torch.stack(self._step(batch)).tolist())
-                else:
+            if self._step is not None:     # the graph holds the parameters and the minibatch scale
+                loss, norm = (float(v) for v in torch.stack(self._step(batch)).tolist())
+            else:
+                with _scope(state), state.batches.scaled(self.subsample_plate):
                     loss = self.loss_fn.loss_and_grads(self.model, self.guide, *batch)
-                    norm = None
+                norm = None
         except MODEL_ERRORS as e:  # e.g. a parameter left a distribution's support
             raise model_error(e, f"at step {state.step}") from e
         if self.distributed:
@@ -318,8 +321,18 @@ class SVI:
     def evaluate(self, state, *data):
         """Negative ELBO of held-out ``data`` on the training data's scale (sites in the subsample plate x
         N_train / N_held-out), in chunks of the batch size; averaged over ranks when distributed."""
-        loss = _heldout_loss(self.loss_fn, self.model, self.guide, data, state.batches, self.subsample_plate)
+        with _scope(state):
+            loss = _heldout_loss(self.loss_fn, self.model, self.guide, data, state.batches,
+                                 self.subsample_plate)
         return _dist.mean(loss) if self.distributed else loss
+
+
+def _scope(state):
+    """The param-store scope of ``state``, entered unless it is the active one (inside :func:`svi`)."""
+    store = pyro.get_param_store()
+    if store._params.get(state.names[0]) is state.params[0]:
+        return contextlib.nullcontext()
+    return store.scope(state.store)
 
 
 class CompileNotice(UserWarning):

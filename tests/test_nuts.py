@@ -254,3 +254,14 @@ def test_adaptation_windows_are_stans():
     assert _windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
     assert _windows(500) == [(75, 100), (100, 150), (150, 250), (250, 450)]
     assert _windows(100) == [(15, 90)] and _windows(19) == []
+
+
+def test_background_chains_give_the_same_draws():
+    # nuts(..., background=True) starts the chains in a worker and returns at once; result() waits
+    args = dict(num_samples=50, warmup_steps=50, seed=3, progress=False)
+    here = nuts(regression_model, *regression_data(), **args)
+    pending = nuts(regression_model, *regression_data(), background=True, **args)
+    there = pending.result()
+    assert pending.result() is there
+    assert torch.equal(there.chains["w"], here.chains["w"])
+    assert there.diagnostics["chain_method"].startswith("background")

@@ -280,3 +280,19 @@ def test_point_mass_guides_have_no_importance_weights(x):
     for guide in (AutoNormal, AutoMultivariateNormal):   # the latter places Deltas of an auxiliary site
         assert inference.svi(normal_mean_model, guide(normal_mean_model), x, steps=5,
                              progress=False).importance is not None
+
+
+def test_svi_is_a_loop_over_the_explicit_state(x):
+    # svi() is SVI.init then SVI.update per step: the same losses, and a state_dict continues a run exactly
+    fit = inference.svi(normal_mean_model, AutoNormal(normal_mean_model), x, steps=60, seed=4, progress=False)
+    run = inference.SVI(normal_mean_model, AutoNormal(normal_mean_model))
+    with pyro.get_param_store().scope():
+        state = run.init(x, steps=60, seed=4)
+        state.tracker = inference.svi.__globals__["_EarlyStopping"](None, 1e-4)
+        losses = [run.update(state) for _ in range(30)]
+        saved = state.state_dict()
+        losses += [run.update(state) for _ in range(30)]
+        assert losses == fit.losses.tolist() and state.step == 60
+        state.load_state_dict(saved)
+        assert [run.update(state) for _ in range(30)] == losses[30:]
+        assert run.evaluate(state, x) == pytest.approx(float(np.mean(losses[-10:])), rel=0.05)

@@ -861,25 +861,36 @@ def compare_methods(X, n_components=3, *, methods=METHODS, covariance_type="full
         fits["em"] = Fit(method="em", losses=-N * gmm.log_likelihood_trace_, seconds=em_seconds,
                                    params=dict(start), draw=point_mass_draw(em_sites),
                                    diagnostics={"n_iter": gmm.n_iter_, "converged": gmm.converged_})
-    if "variational_em" in methods:
-        f = variational_em(gmm.model, None, X, max_iter=200, tol=1e-10, max_plate_nesting=1,
-                                     progress=progress, seed=seed)
-        sites = component_sites(f.params["weights"], f.params["means"], f.params[scale_name], covariance_type)
-        fits["variational_em"] = dataclasses.replace(f, draw=point_mass_draw(sites))
-    # a cosine-annealed rate: the constant-rate noise of the guide's parameters would otherwise show up as
-    # posterior error in the comparison
-    bayes = dict(elbo="enum", steps=steps, lr=lr, schedule="cosine", seed=seed, progress=progress,
-                 max_plate_nesting=1)
-    if "map" in methods:
-        fits["map"] = svi(gmm.bayes_model, gmm.map_guide, X, **bayes)
-    if "svi" in methods:
-        fits["svi"] = svi(gmm.bayes_model, gmm.bayes_guide, X, **bayes)
-    if "laplace" in methods:
-        fits["laplace"] = laplace(gmm.bayes_model, X, init=gmm.bayes_init(X), max_plate_nesting=1,
-                                            seed=seed)
-    if "nuts" in methods:
-        fits["nuts"] = nuts(gmm.bayes_model, X, num_samples=num_samples, warmup_steps=warmup_steps,
-                                      init=gmm.bayes_init(X), max_plate_nesting=1, seed=seed, progress=progress)
+    # NUTS, the slowest, samples in a worker process while the other methods fit here, one torch thread
+    # each (the tensors are small; two processes on two threads each would fight over the cores)
+    threads = torch.get_num_threads()
+    pending = None
+    try:
+        if "nuts" in methods:
+            torch.set_num_threads(1)
+            pending = nuts(gmm.bayes_model, X, num_samples=num_samples, warmup_steps=warmup_steps,
+                           init=gmm.bayes_init(X), max_plate_nesting=1, seed=seed, progress=progress,
+                           background=True)
+        if "variational_em" in methods:
+            f = variational_em(gmm.model, None, X, max_iter=200, tol=1e-10, max_plate_nesting=1,
+                                         progress=progress, seed=seed)
+            sites = component_sites(f.params["weights"], f.params["means"], f.params[scale_name], covariance_type)
+            fits["variational_em"] = dataclasses.replace(f, draw=point_mass_draw(sites))
+        # a cosine-annealed rate: the constant-rate noise of the guide's parameters would otherwise show up as
+        # posterior error in the comparison
+        bayes = dict(elbo="enum", steps=steps, lr=lr, schedule="cosine", seed=seed, progress=progress,
+                     max_plate_nesting=1)
+        if "map" in methods:
+            fits["map"] = svi(gmm.bayes_model, gmm.map_guide, X, **bayes)
+        if "svi" in methods:
+            fits["svi"] = svi(gmm.bayes_model, gmm.bayes_guide, X, **bayes)
+        if "laplace" in methods:
+            fits["laplace"] = laplace(gmm.bayes_model, X, init=gmm.bayes_init(X), max_plate_nesting=1,
+                                                seed=seed)
+        if pending is not None:
+            fits["nuts"] = pending.result()
+    finally:
+        torch.set_num_threads(threads)
     reference_means = gmm.means_.double()
     fits = {k: align_fit(f, reference_means) for k, f in fits.items()}
 
