@@ -59,7 +59,7 @@ def pyro_svi(vae, x, epochs, batch_size, lr, seed, path):
     compile = {"": "auto", "eager": False}.get(compile, compile)
     stamps = []
     inference.svi(vae.model, vae.guide, x, epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo,
-                  compile=compile, seed=seed, progress=False,
+                  compile=compile, schedule=None, seed=seed, progress=False,   # constant, as the plain loop
                   callback=lambda step, loss: stamps.append(time.perf_counter()))
     return np.diff(np.array(stamps))
 

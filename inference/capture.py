@@ -154,19 +154,25 @@ def capture(fn, inputs, *, backend="torchscript", calls=1, context=contextlib.nu
     ops = sum(node.op == "call_function" for node in graph.graph.nodes)
     if backend == "auto":
         backend = "inductor" if ops * calls >= AUTO_INDUCTOR_WORK else "torchscript"
-    replay = None
     if backend == "inductor":
         try:
             replay = _inductor(graph, inputs)
-        except Exception as e:  # noqa: BLE001  (any compiler failure: the TorchScript graph still runs)
+            _check_replay(replay, inputs, rng, captured)
+            return Graph(replay, backend, ops)
+        except Exception as e:  # noqa: BLE001  (any compiler failure or mismatch: TorchScript still runs)
             backend = f"torchscript (inductor: {_first_line(e)})"
-    if replay is None:
-        try:
-            with torch.no_grad(), _quiet(), _fork_rng(inputs):   # tracing runs the graph: not on our draws
-                replay = _torchscript(torch.jit.trace(graph, tuple(inputs), check_trace=False), inputs)
-        except RuntimeError as e:   # an operation TorchScript cannot hold: the graph runs op by op instead
-            replay, backend = graph, f"fx graph (TorchScript: {_first_line(e)})"
-    with _fork_rng(inputs), torch.no_grad():     # the replay must give what was captured, for the same draws
+    try:
+        with torch.no_grad(), _quiet(), _fork_rng(inputs):   # tracing runs the graph: not on our draws
+            replay = _torchscript(torch.jit.trace(graph, tuple(inputs), check_trace=False), inputs)
+    except RuntimeError as e:   # an operation TorchScript cannot hold: the graph runs op by op instead
+        replay, backend = graph, f"fx graph (TorchScript: {_first_line(e)})"
+    _check_replay(replay, inputs, rng, captured)
+    return Graph(replay, backend, ops)
+
+
+def _check_replay(replay, inputs, rng, captured):
+    """CaptureError unless the replay, from the random state of the capture, gives what was captured."""
+    with _fork_rng(inputs), torch.no_grad():
         _set_rng_state(rng)
         replayed = replay(*inputs)
     for a, b in zip(captured, replayed, strict=True):
@@ -174,7 +180,6 @@ def capture(fn, inputs, *, backend="torchscript", calls=1, context=contextlib.nu
         if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + size), equal_nan=True):
             raise CaptureError("the replayed graph does not reproduce the step it was captured from "
                                "(state or control flow outside the tensors)")
-    return Graph(replay, backend, ops)
 
 
 def _torchscript(traced, inputs):
@@ -190,10 +195,17 @@ def _torchscript(traced, inputs):
 
 
 def _inductor(graph, inputs):
+    """The graph compiled by inductor. Called on the FX graph directly (``compile_fx``), not through
+    ``torch.compile``: the graph is already captured, so dynamo has nothing to add but guards to check on
+    every call. Where that entry point is missing, ``torch.compile``."""
     import torch._inductor.config as inductor_config
-    compiled = torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
     # fallback_random: ATen's random functions, so the compiled graph draws what the eager step draws
     with inductor_config.patch(fallback_random=True), torch.no_grad(), _fork_rng(inputs), _quiet():
+        try:
+            from torch._inductor.compile_fx import compile_fx
+            compiled = compile_fx(graph, list(inputs))
+        except ImportError:
+            compiled = torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
         compiled(*inputs)                                          # compile now, not at the first step
     return compiled
 

@@ -311,7 +311,8 @@ class SVI:
             with torch.no_grad():   # the mean's step, lr x (Adam's unit step), in posterior sds
                 for (p, sd), b in zip(self.step_sds.items(), before):
                     p.sub_(b).mul_(sd).add_(b)
-        state.optimizer.zero_grad(set_to_none=True)
+        for p in state.params:   # zero_grad(set_to_none=True) without its profiler record (a third of a
+            p.grad = None        # compiled step's time on small models)
         if state.scheduler is not None:
             state.scheduler.step()
         state.losses.append(loss)
