@@ -64,8 +64,7 @@ from .init import (can_start_from_laplace, guide_start, improper_priors_start_at
                    start_from_laplace)
 from .result import Fit
 
-__all__ = ["SVI", "SVIState", "svi", "judge", "make_elbo", "scale_plate", "seeded", "guide_sampler",
-           "importance_weights"]
+__all__ = ["SVI", "SVIState", "CompileNotice", "svi", "judge", "make_elbo", "scale_plate"]
 
 INITS = ("auto", "laplace", "guide")
 COMPILES = ("auto", "torchscript", "inductor", False)
@@ -224,7 +223,6 @@ class SVI:
             ``update`` and ``evaluate`` enter where it is not the active one).
         """
         check_data(data)
-        self.data = data
         batches = _Batches(data, batch_size, seed, data_size)
         store = pyro.get_param_store()
         pyro.set_rng_seed(seed)
