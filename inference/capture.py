@@ -211,7 +211,7 @@ def _inductor(graph, inputs):
 
 
 class CapturedStep:
-    """A captured SVI step: ``step(batch) -> (loss, gradient norm)`` as 0-d tensors, with each parameter's
+    """A captured SVI step: ``step(batch) -> tensor [loss, gradient norm]``, with each parameter's
     ``.grad`` set to its gradient (None where the loss does not depend on it, as after ``backward``).
 
     Args:
@@ -244,7 +244,7 @@ class CapturedStep:
             used = [g for g in grads if g is not None]
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in used])) \
                 if used else torch.zeros((), device=loss.device)
-            return (loss.detach(), norm, *used)
+            return (torch.stack([loss.detach(), norm.to(loss.dtype)]), *used)   # one read per step
 
         self.graph = capture(step, (*self.params, *(batch[i] for i in self.where)), backend=backend,
                              calls=calls, context=context)
@@ -256,11 +256,11 @@ class CapturedStep:
             raise CaptureError(f"batch shapes {[tuple(t.shape) for t in tensors]} differ from the captured "
                                f"{[tuple(s) for s in self.shapes]}")
         with torch.no_grad():
-            loss, norm, *grads = self.graph.run(*self.params, *tensors)
+            loss_and_norm, *grads = self.graph.run(*self.params, *tensors)
         grads = iter(grads)
         for p, used in zip(self.params, self.used):
             p.grad = next(grads) if used else None
-        return loss, norm
+        return loss_and_norm
 
 
 def _one_fake_mode():

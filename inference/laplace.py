@@ -167,22 +167,15 @@ class _FlatPotential:
                                     f"(latent sites: {names})")
         missing = [n for n in names if n not in values]
         self.init_missing = missing
-        self.sites, self.shapes, pos = {}, {}, 0
-        for n in names:
-            self.shapes[n] = params[n].shape
-            self.sites[n] = slice(pos, pos + params[n].numel())
-            pos += params[n].numel()
-        self.dim = pos
-        self.start = self.flatten(params).detach()
-        self._params, self._compiled = params, None
-
-    def flatten(self, params):
-        return torch.cat([params[n].reshape(-1).to(self.dtype) for n in self.sites])
+        # the flat layout (and, for the k-hat draws, the compiled potential) of inference.potential
+        with _default_dtype(dtype):
+            self.flat = FlatPotential(self.potential_fn, self.transforms, params, names, compile=False)
+        self.sites, self.dim = self.flat.slices, self.flat.dim
+        self.start = self.flat.flatten(params).to(dtype)
 
     def unflatten(self, u):
         """Flat u [..., d] -> {site: unconstrained tensor [..., *shape]}."""
-        batch = u.shape[:-1]
-        return {n: u[..., s].reshape(batch + self.shapes[n]) for n, s in self.sites.items()}
+        return self.flat.unflatten(u)
 
     def __call__(self, u):
         with _default_dtype(self.dtype):
@@ -190,18 +183,16 @@ class _FlatPotential:
 
     def many(self, u):
         """U at each row of u [n, d] -> [n], without gradients. (A row at a time: Pyro's tracing reads
-        ``tensor.data``, which torch.func.vmap forbids; the potential compiled once, by
-        :mod:`inference.potential`, makes a row cheap. L-BFGS's few dozen calls do not repay a capture.)"""
+        ``tensor.data``, which torch.func.vmap forbids; the potential compiled on the first call makes a
+        row cheap. L-BFGS's few dozen calls do not repay a capture.)"""
         with _default_dtype(self.dtype), pyro.validation_enabled(False), torch.no_grad():
-            if self._compiled is None:
-                self._compiled = FlatPotential(self.potential_fn, self.transforms, self._params,
-                                               list(self.sites))
-            dtype = self._compiled.dtype
-            return torch.stack([self._compiled.value_and_grad(x.to(dtype))[0] for x in u]).to(self.dtype)
+            self.flat.compile()
+            values = [self.flat.value_and_grad(x.to(self.flat.dtype))[0] for x in u]
+        return torch.stack(values).to(self.dtype)
 
     def constrain(self, u):
         """Flat u [..., d] -> {site: constrained value [..., *site_shape]}."""
-        return {n: self.transforms[n].inv(v) for n, v in self.unflatten(u).items()}
+        return self.flat.constrain(u)
 
     def sites_where(self, mask):
         """Names of the sites whose slice of a boolean [d] mask has any True."""

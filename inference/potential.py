@@ -76,9 +76,9 @@ class FlatPotential:
             dtype_U = potential_fn(start).dtype
         self.dtype = torch.promote_types(start[self.names[0]].dtype, dtype_U)
         self.compiled, self.note = False, "compile=False" if not compile else ""
-        self._fn = self._eager
+        self._fn, self._start = self._eager, self.flatten(start)
         if compile:
-            self._compile(self.flatten(start))
+            self.compile()
 
     def flatten(self, params):
         """{site: unconstrained tensor} -> flat tensor [d]."""
@@ -100,7 +100,13 @@ class FlatPotential:
             grad, = torch.autograd.grad(U, z)
         return U.detach(), grad
 
-    def _compile(self, z0):
+    def compile(self):
+        """Capture z -> (U, dU/dz) at the start point and use the graph where it agrees with Pyro's
+        potential (else ``note`` says why not); for a potential built with compile=False that turns out
+        to be called often."""
+        if self.compiled:
+            return
+        z0 = self._start
         try:
             graph = capture(self._eager, (z0,))   # z -> (U, dU/dz), forward and backward as one graph
         except CaptureError as e:   # any failure to capture only costs speed: fall back, say why

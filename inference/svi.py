@@ -281,7 +281,7 @@ class SVI:
         batch = state.batches.next()
         try:
             if self._step is not None:     # the graph holds the parameters and the minibatch scale
-                loss, norm = (float(v) for v in torch.stack(self._step(batch)).tolist())
+                loss, norm = self._step(batch).tolist()
             else:
                 with _scope(state), state.batches.scaled(self.subsample_plate):
                     loss = self.loss_fn.loss_and_grads(self.model, self.guide, *batch)
