@@ -123,6 +123,8 @@ class SVIState:
         step: steps taken. losses: the loss of each step. val_losses: (step, held-out loss) pairs.
         tracker: the early-stopping record (best value, its step and parameters, evaluations since).
         info: how the run started ("init", "step", ...), for the Fit's diagnostics.
+        captured: the compiled step over ``params`` (:class:`inference.capture.CapturedStep`), or None
+            for the eager one. step_sds: {loc tensor: Laplace sds} the guide's mean steps in.
     """
     names: list
     params: list
@@ -135,6 +137,8 @@ class SVIState:
     losses: list = field(default_factory=list)
     val_losses: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    captured: object = None
+    step_sds: dict = field(default_factory=dict)
 
     def state_dict(self):
         """A snapshot in tensors and plain data only (``torch.load(weights_only=True)`` reads it), with the
@@ -206,7 +210,6 @@ class SVI:
             raise InvalidInputError(f"compile must be one of {list(COMPILES)}, got {compile!r}")
         self.compile = "torchscript" if elbo.startswith("jit-") and compile == "auto" else compile
         self.subsample_plate, self.distributed, self.grad_hook = subsample_plate, distributed, grad_hook
-        self._step = None
 
     def init(self, *data, steps, batch_size=None, data_size=None, seed=0):
         """Create the parameters, optimizer, schedule and minibatch order; start the guide; compile the step.
@@ -241,15 +244,15 @@ class SVI:
             raise InvalidInputError("neither the model nor the guide has parameters: there is nothing "
                                     "for SVI to fit")
         params = [store.get_param(n).unconstrained() for n in names]
-        self.step_sds, info = _start(self.init_from, self.model, self.guide, data, batch_size,
-                                     self.distributed, self.max_plate_nesting, seed)
+        step_sds, info = _start(self.init_from, self.model, self.guide, data, batch_size,
+                                self.distributed, self.max_plate_nesting, seed)
         opt = _optim.make_optimizer(self.optimizer, params, lr=self.lr, momentum=self.momentum,
                                     weight_decay=self.weight_decay)
         sched = _optim.make_schedule(self.schedule, opt, steps=steps, lr_min=self.lr_min)
-        state = SVIState(names=names, params=params, store=store.get_state(), optimizer=opt,
-                         scheduler=sched, batches=batches, tracker=None, info=info)
-        self._step, info["step"] = self._compiled_step(params, batches, steps)
-        return state
+        captured, info["step"] = self._compiled_step(params, batches, steps)
+        return SVIState(names=names, params=params, store=store.get_state(), optimizer=opt,
+                        scheduler=sched, batches=batches, tracker=None, info=info, captured=captured,
+                        step_sds=step_sds)
 
     def _compiled_step(self, params, batches, steps):
         """(the captured step or None, what ran: "torchscript", "inductor" or "eager (why)")."""
@@ -280,8 +283,8 @@ class SVI:
         """
         batch = state.batches.next()
         try:
-            if self._step is not None:     # the graph holds the parameters and the minibatch scale
-                loss, norm = self._step(batch).tolist()
+            if state.captured is not None:     # the graph holds the parameters and the minibatch scale
+                loss, norm = state.captured(batch).tolist()
             else:
                 with _scope(state), state.batches.scaled(self.subsample_plate):
                     loss = self.loss_fn.loss_and_grads(self.model, self.guide, *batch)
@@ -302,15 +305,15 @@ class SVI:
                                                     self.subsample_plate))
         if self.clip_norm is not None:
             _optim.clip_grad_norm(state.params, self.clip_norm, torch.tensor(norm))
-        if self.step_sds:
-            before = [p.detach().clone() for p in self.step_sds]
+        if state.step_sds:
+            before = [p.detach().clone() for p in state.step_sds]
         state.optimizer.step()
-        if self.step_sds:
+        if state.step_sds:
             with torch.no_grad():   # the mean's step, lr x (Adam's unit step), in posterior sds
-                for (p, sd), b in zip(self.step_sds.items(), before):
+                for (p, sd), b in zip(state.step_sds.items(), before):
                     p.sub_(b).mul_(sd).add_(b)
-        for p in state.params:   # zero_grad(set_to_none=True) without its profiler record (a third of a
-            p.grad = None        # compiled step's time on small models)
+        for p in state.params:   # zero_grad(set_to_none=True) without the profiler record torch.optim
+            p.grad = None        # wraps it in, which shows in the time of a small compiled step
         if state.scheduler is not None:
             state.scheduler.step()
         state.losses.append(loss)
