@@ -208,3 +208,24 @@ def test_an_off_centre_laplace_fit_is_caught_where_khat_is_small():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         inference.laplace(exact.model, *exact.data)
+
+
+def test_a_guide_too_narrow_is_caught_where_khat_is_small():
+    # The conjugate regression has an exact posterior. A low-rank guide (rank below the dimension) leaves
+    # some sds about a third too small while k-hat stays below 0.5; the importance-weighted sds see it.
+    # The full-rank guide holds the exact posterior and stays quiet.
+    from inference.diagnostics import flat_elements
+    from zoo import posteriordb
+    p = posteriordb.load("conjugate-linear-regression")
+
+    def sd_ratios(fit):
+        draws = fit.samples(4000, seed=1)
+        return [float(x.std()) / p.reference[k][1] for k, x in flat_elements(draws, list(draws))]
+
+    with pytest.warns(ConvergenceWarning, match="sd by a factor"):
+        narrow = inference.svi(p.model, inference.guide(p.model, "lowrank"), *p.data, progress=False)
+    assert narrow.diagnostics["khat"] < 0.5 and min(sd_ratios(narrow)) < 0.75
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        exact = inference.svi(p.model, inference.guide(p.model, "fullrank"), *p.data, progress=False)
+    assert 0.9 < min(sd_ratios(exact)) and max(sd_ratios(exact)) < 1.1
