@@ -119,8 +119,8 @@ def weighted_shift(draws, log_weights):
         log_weights: array [S] of log p(x, z_s) - log q(z_s).
 
     Returns:
-        (shift, spread, ESS): the largest |weighted mean - plain mean| in q's sds, the largest
-        |log(weighted sd / plain sd)|, and the ESS of the smoothed weights.
+        (shift, spread, ESS): the largest absolute difference of weighted and plain mean, in q's sds;
+        the largest absolute log of the ratio of weighted to plain sd; and the ESS of the smoothed weights.
     """
     smoothed, _, ess = psis(log_weights)
     if not draws:   # a guide without latent sites of its own: nothing to move
