@@ -7,6 +7,7 @@ both, the speed-up (target >= 5x), the final log-likelihood's relative differenc
 
     OMP_NUM_THREADS=2 python benchmarks/gmm_em.py
 """
+
 import time
 import warnings
 
@@ -27,10 +28,9 @@ def start(X, K, seed=0):
 
 
 def ours(X, K, w, m, c, dtype):
-    gmm = GaussianMixture(K, init=m, weights_init=w, covariances_init=c, tol=0, max_iter=ITERATIONS,
-                          dtype=dtype)
+    gmm = GaussianMixture(K, init=m, weights_init=w, covariances_init=c, tol=0, max_iter=ITERATIONS, dtype=dtype)
     Xt = torch.as_tensor(X, dtype=dtype)
-    gmm.fit(Xt)                                      # warm-up (allocations, thread pool)
+    gmm.fit(Xt)  # warm-up (allocations, thread pool)
     t0 = time.perf_counter()
     gmm.fit(Xt)
     seconds = time.perf_counter() - t0
@@ -41,10 +41,18 @@ def ours(X, K, w, m, c, dtype):
 
 def sklearn(X, K, w, m, c):
     precisions = np.linalg.inv(c)
-    sk = SklearnMixture(K, covariance_type="full", weights_init=w, means_init=m, precisions_init=precisions,
-                        max_iter=ITERATIONS, tol=0, reg_covar=1e-6)
+    sk = SklearnMixture(
+        K,
+        covariance_type="full",
+        weights_init=w,
+        means_init=m,
+        precisions_init=precisions,
+        max_iter=ITERATIONS,
+        tol=0,
+        reg_covar=1e-6,
+    )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")              # "did not converge": tol=0 asks for all iterations
+        warnings.simplefilter("ignore")  # "did not converge": tol=0 asks for all iterations
         t0 = time.perf_counter()
         sk.fit(X)
         seconds = time.perf_counter() - t0
@@ -58,15 +66,19 @@ def main():
     X = make_mixture(N, K, D, separation=2.0, seed=0).X.numpy()
     w, m, c = start(X, K)
     sk_ms, sk = sklearn(X, K, w, m, c)
-    print(f"N={N} K={K} D={D} full covariance, {ITERATIONS} iterations from the same start, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"N={N} K={K} D={D} full covariance, {ITERATIONS} iterations from the same start, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"scikit-learn (float64)     {sk_ms:8.2f} ms/iteration")
     for dtype in (torch.float64, torch.float32):
         ms, gmm = ours(X, K, w, m, c, dtype)
         ll_ours, ll_sk = gmm.score(torch.as_tensor(X, dtype=torch.float64).to(dtype)), sk.score(X)
-        print(f"zoo ({str(dtype).split('.')[1]:7s})            {ms:8.2f} ms/iteration   speed-up {sk_ms / ms:5.1f}x   "
-              f"final log-lik {ll_ours:.10f} vs sklearn {ll_sk:.10f}, relative difference "
-              f"{abs(ll_ours - ll_sk) / abs(ll_sk):.2e}")
+        print(
+            f"zoo ({str(dtype).split('.')[1]:7s})            {ms:8.2f} ms/iteration   speed-up {sk_ms / ms:5.1f}x   "
+            f"final log-lik {ll_ours:.10f} vs sklearn {ll_sk:.10f}, relative difference "
+            f"{abs(ll_ours - ll_sk) / abs(ll_sk):.2e}"
+        )
 
     print("\nscaling of zoo (float64, ms/iteration; sklearn for comparison)")
     for n in (10_000, 100_000, 1_000_000):

@@ -14,6 +14,7 @@ is missed. To tell the approximation's own error from Monte-Carlo noise, the scr
 Laplace draws by PSIS (importance weights p(x, z) / q(z)) and compares that mean with NUTS: where
 they agree, the gap is the distance between the posterior's mode and its mean (skewness).
 """
+
 import argparse
 import statistics
 import sys
@@ -68,8 +69,7 @@ def main(argv=None):
         times.append(fit_laplace.seconds)
     laplace_seconds = statistics.median(times)
 
-    fit_nuts = nuts(logistic_regression, X, y, num_samples=1000, warmup_steps=500, num_chains=1,
-                              seed=args.seed)
+    fit_nuts = nuts(logistic_regression, X, y, num_samples=1000, warmup_steps=500, num_chains=1, seed=args.seed)
     nuts_draws = {k: v.reshape(-1, *v.shape[2:]).double() for k, v in fit_nuts.chains.items()}
     worst = _largest_error(fit_laplace.params, nuts_draws)
 
@@ -89,24 +89,28 @@ def main(argv=None):
     print(summarize(table).to_string(float_format=lambda v: f"{v:.4g}"))
     print()
     print(f"data: {NUM_POINTS} points, {NUM_FEATURES} features + intercept (seed {args.seed})")
-    print(f"NUTS: {fit_nuts.diagnostics['num_divergences']} divergences, min bulk ESS "
-          f"{min(float(v.min()) for v in fit_nuts.diagnostics['ess_bulk'].values()):.0f}")
-    print(f"Laplace wall time: {laplace_seconds * 1e3:.1f} ms (median of {args.repeats}; first call in this "
-          f"process {cold:.2f} s)")
+    print(
+        f"NUTS: {fit_nuts.diagnostics['num_divergences']} divergences, min bulk ESS "
+        f"{min(float(v.min()) for v in fit_nuts.diagnostics['ess_bulk'].values()):.0f}"
+    )
+    print(
+        f"Laplace wall time: {laplace_seconds * 1e3:.1f} ms (median of {args.repeats}; first call in this "
+        f"process {cold:.2f} s)"
+    )
     print(f"NUTS wall time (1000 draws, 500 warm-up, 1 chain): {fit_nuts.seconds:.2f} s")
     print(f"speed-up NUTS / Laplace: {ratio:.0f}x (target >= {SPEEDUP_TARGET:.0f}x)")
     print(f"largest |Laplace mean - NUTS mean| / NUTS sd: {worst:.3f} (target < {ERROR_TARGET})")
     print(f"  Laplace + PSIS reweighting (k-hat {khat:.2f}), same measure: {worst_reweighted:.3f}")
-    missed = [name for name, ok in [("speed-up", ratio >= SPEEDUP_TARGET), ("accuracy", worst < ERROR_TARGET)]
-              if not ok]
+    missed = [
+        name for name, ok in [("speed-up", ratio >= SPEEDUP_TARGET), ("accuracy", worst < ERROR_TARGET)] if not ok
+    ]
     print("targets met" if not missed else f"targets missed: {', '.join(missed)}")
     return 1 if missed else 0
 
 
 def _largest_error(means, reference_draws):
     """max over elements of |mean - reference mean| / reference sd."""
-    return max(float(((means[k].double() - x.mean(0)) / x.std(0)).abs().max())
-               for k, x in reference_draws.items())
+    return max(float(((means[k].double() - x.mean(0)) / x.std(0)).abs().max()) for k, x in reference_draws.items())
 
 
 if __name__ == "__main__":

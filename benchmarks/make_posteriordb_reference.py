@@ -17,6 +17,7 @@ the number of chains and draws. Where the Pyro site is not Stan's parameter, the
 Stan's transformed parameters and generated quantities that are not sample sites are left out.
 Deterministic: run it again and the file is the same.
 """
+
 import argparse
 import json
 import re
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from zoo import posteriordb  # noqa: E402
 
-SIGNIFICANT = 10          # digits written: far below the reference's own Monte Carlo error (~1e-2 sd)
+SIGNIFICANT = 10  # digits written: far below the reference's own Monte Carlo error (~1e-2 sd)
 
 
 def read_json_zip(path):
@@ -50,8 +51,7 @@ def stack_chains(chains):
     sites = {}
     for key in chains[0]:
         match = re.fullmatch(r"(\w+)\[([\d,\s]+)\]", key)
-        name, index = (match.group(1), tuple(int(i) - 1 for i in match.group(2).split(","))) if match \
-            else (key, ())
+        name, index = (match.group(1), tuple(int(i) - 1 for i in match.group(2).split(","))) if match else (key, ())
         sites.setdefault(name, []).append(index)
     out = {}
     for name, indices in sites.items():
@@ -76,7 +76,7 @@ def garch_sites(draws, data):
 def gp_sites(draws, data):
     x = np.asarray(data["x"], dtype=np.float64)
     rho, alpha, f = draws["rho"][..., None, None], draws["alpha"][..., None, None], draws["f"]
-    cov = alpha ** 2 * np.exp(-(x[:, None] - x[None, :]) ** 2 / (2 * rho ** 2)) + 1e-10 * np.eye(x.size)
+    cov = alpha**2 * np.exp(-((x[:, None] - x[None, :]) ** 2) / (2 * rho**2)) + 1e-10 * np.eye(x.size)
     f_tilde = np.linalg.solve(np.linalg.cholesky(cov), f[..., None])[..., 0]
     return {"rho": draws["rho"], "alpha": draws["alpha"], "f_tilde": f_tilde}
 
@@ -92,22 +92,30 @@ def summarize(sites):
         for index in np.ndindex(*x.shape[2:]):
             label = f"{name}[{', '.join(map(str, index))}]" if index else name
             e = x[(slice(None), slice(None)) + index]
-            elements[label] = {key: float(f"{value:.{SIGNIFICANT}g}") for key, value in
-                               (("mean", e.mean()), ("sd", e.std(ddof=1)), ("ess_bulk", az.ess(e)))}
+            elements[label] = {
+                key: float(f"{value:.{SIGNIFICANT}g}")
+                for key, value in (("mean", e.mean()), ("sd", e.std(ddof=1)), ("ess_bulk", az.ess(e)))
+            }
     return elements
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "posteriordb",
-                        help="the posteriordb subset with draws/ and data/")
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=ROOT.parent / "shared" / "posteriordb",
+        help="the posteriordb subset with draws/ and data/",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "zoo" / "posteriordb" / "data" / "reference.json")
     args = parser.parse_args(argv)
 
-    out = {"source": "posteriordb (github.com/stan-dev/posteriordb, commit 28f8d3d), draws/NAME.json.zip: "
-                     "Stan NUTS reference draws; BSD-3, see LICENCE.md",
-           "made_by": "benchmarks/make_posteriordb_reference.py",
-           "posteriors": {}}
+    out = {
+        "source": "posteriordb (github.com/stan-dev/posteriordb, commit 28f8d3d), draws/NAME.json.zip: "
+        "Stan NUTS reference draws; BSD-3, see LICENCE.md",
+        "made_by": "benchmarks/make_posteriordb_reference.py",
+        "posteriors": {},
+    }
     for name in posteriordb.names():
         if name.startswith("conjugate-"):
             continue
@@ -117,8 +125,11 @@ def main(argv=None):
             data = read_json_zip(args.shared / "data" / f"{DATA_NAMES[name]}.json.zip")
             draws = TRANSFORMS[name](draws, data)
         num_chains, num_draws = next(iter(draws.values())).shape[:2]
-        out["posteriors"][name] = {"num_chains": num_chains, "num_draws": num_chains * num_draws,
-                                   "elements": summarize(draws)}
+        out["posteriors"][name] = {
+            "num_chains": num_chains,
+            "num_draws": num_chains * num_draws,
+            "elements": summarize(draws),
+        }
         print(f"{name}: {len(out['posteriors'][name]['elements'])} elements, {num_chains} x {num_draws} draws")
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")

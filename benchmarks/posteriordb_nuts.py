@@ -14,6 +14,7 @@ sds (0.03 at ESS 1000), so |error| above ~4/sqrt(ESS) points at the sampler or t
 at chance. Runs in float64 (the GP's jitter needs it) on ``--threads`` torch threads: these models are
 small, and more threads only add synchronisation.
 """
+
 import argparse
 import sys
 import time
@@ -32,8 +33,9 @@ from zoo import posteriordb  # noqa: E402
 def run(p, num_samples, warmup, seed, **extra):
     """One NUTS chain on posterior ``p``; returns a dict of the summary numbers."""
     start = time.perf_counter()
-    fit = nuts(p.model, *p.data, num_samples=num_samples, warmup_steps=warmup, seed=seed, progress=False,
-               **{**p.nuts, **extra})
+    fit = nuts(
+        p.model, *p.data, num_samples=num_samples, warmup_steps=warmup, seed=seed, progress=False, **{**p.nuts, **extra}
+    )
     seconds = time.perf_counter() - start
     draws = {k: v.double().numpy().reshape(-1, *v.shape[2:]) for k, v in fit.chains.items()}
     errors, ratios = [], []
@@ -42,9 +44,14 @@ def run(p, num_samples, warmup, seed, **extra):
         errors.append((x.mean() - mean) / sd)
         ratios.append(x.std(ddof=1) / sd)
     ess = min(float(np.min(e)) for e in fit.diagnostics["ess_bulk"].values())
-    return {"max_abs_error": float(np.max(np.abs(errors))), "min_sd_ratio": float(np.min(ratios)),
-            "max_sd_ratio": float(np.max(ratios)), "min_ess": ess,
-            "divergences": fit.diagnostics["num_divergences"], "seconds": seconds}
+    return {
+        "max_abs_error": float(np.max(np.abs(errors))),
+        "min_sd_ratio": float(np.min(ratios)),
+        "max_sd_ratio": float(np.max(ratios)),
+        "min_ess": ess,
+        "divergences": fit.diagnostics["num_divergences"],
+        "seconds": seconds,
+    }
 
 
 def main(argv=None):
@@ -58,7 +65,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float64)
     names = args.posteriors or posteriordb.names()
-    posteriors = [posteriordb.load(name) for name in names]     # unknown names fail before any run
+    posteriors = [posteriordb.load(name) for name in names]  # unknown names fail before any run
 
     header = f"{'posterior':34s} {'max|err|':>8s} {'sd ratio':>13s} {'min ESS':>7s} {'div':>4s} {'seconds':>8s}"
     print(header, flush=True)
@@ -66,8 +73,11 @@ def main(argv=None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             r = run(p, args.num_samples, args.warmup, args.seed)
-        print(f"{p.name:34s} {r['max_abs_error']:8.3f} {r['min_sd_ratio']:6.2f}-{r['max_sd_ratio']:<6.2f} "
-              f"{r['min_ess']:7.0f} {r['divergences']:4d} {r['seconds']:8.1f}", flush=True)
+        print(
+            f"{p.name:34s} {r['max_abs_error']:8.3f} {r['min_sd_ratio']:6.2f}-{r['max_sd_ratio']:<6.2f} "
+            f"{r['min_ess']:7.0f} {r['divergences']:4d} {r['seconds']:8.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ apart: they are paid once per fit (inductor's are cached on disk across runs).
 
 Needs the ``bench`` extra (NumPyro, JAX): ``pip install -c constraints.txt -e ".[bench]"``.
 """
+
 import argparse
 import os
 import time
@@ -36,7 +37,6 @@ import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal  # noqa: E402
 
-import inference  # noqa: E402
 from inference.capture import AUTO_INDUCTOR_WORK  # noqa: E402
 from inference.svi import SVI  # noqa: E402
 
@@ -44,6 +44,7 @@ torch.set_num_threads(1)
 
 
 # ---- the models, in Pyro ------------------------------------------------------------------------------
+
 
 def regression_data():
     g = torch.Generator().manual_seed(0)
@@ -58,8 +59,9 @@ def regression(X, y):
         pyro.sample("y", dist.Normal(X @ b, s), obs=y)
 
 
-SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0, 12.0, 14.0, 8.0, 13.0, 10.0, 15.0,
-                      9.0, 12.0, 17.0, 11.0])
+SIGMA = torch.tensor(
+    [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0, 12.0, 14.0, 8.0, 13.0, 10.0, 15.0, 9.0, 12.0, 17.0, 11.0]
+)
 
 
 def hierarchical_data():
@@ -78,19 +80,20 @@ def hierarchical(y):
 def gmm_setup():
     from zoo import data
     from zoo.gmm import GaussianMixture
+
     gmm = GaussianMixture(3, covariance_type="full", n_init=5, seed=0, tol=1e-8, max_iter=500)
-    X = gmm._as_data(data.make_mixture(300, 3, 2, seed=0).X).float()
+    X = gmm.as_data(data.make_mixture(300, 3, 2, seed=0).X).float()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gmm.fit(X)
-    return gmm, X
+    return gmm.to_pyro(X), X
 
 
 def pyro_cases():
     gmm, X = gmm_setup()
     return {
         "regression": (regression, lambda: AutoMultivariateNormal(regression), regression_data(), "trace"),
-        "gmm": (gmm.bayes_model, lambda: gmm.map_guide, (X,), "enum"),
+        "gmm": (gmm.bayes_model, gmm.map_guide, (X,), "enum"),
         "hierarchical": (hierarchical, lambda: AutoNormal(hierarchical), hierarchical_data(), "trace"),
     }
 
@@ -115,6 +118,7 @@ def time_ours(model, make_guide, data, elbo, compile, steps):
 
 
 # ---- the same models, in NumPyro ----------------------------------------------------------------------
+
 
 def numpyro_cases():
     import jax.numpy as jnp
@@ -143,25 +147,35 @@ def numpyro_cases():
             numpyro.sample("y", nd.Normal(mu + tau * eta, sigma), obs=y)
 
     gmm, Xg = gmm_setup()
-    prior = {k: np.asarray(v.numpy()) for k, v in gmm._prior(Xg).items()}
+    prior = {
+        "concentration": np.full(gmm.n_components, gmm.prior_concentration),
+        "loc": gmm.data_loc.numpy(),
+        "scale": (gmm.prior_scale * gmm.data_sd).numpy(),
+        "log_sd": np.log(gmm.data_sd.numpy() / 2),
+        "eta": gmm.lkj_concentration,
+    }
     Xg = jnp.asarray(Xg.numpy())
 
     def n_gmm(X):
         K, D = 3, X.shape[1]
         weights = numpyro.sample("weights", nd.Dirichlet(jnp.asarray(prior["concentration"])))
         with numpyro.plate("components", K):
-            means = numpyro.sample("means", nd.Normal(jnp.asarray(prior["loc"]),
-                                                      jnp.asarray(prior["scale"])).to_event(1))
+            means = numpyro.sample(
+                "means", nd.Normal(jnp.asarray(prior["loc"]), jnp.asarray(prior["scale"])).to_event(1)
+            )
             scales = numpyro.sample("scales", nd.LogNormal(jnp.asarray(prior["log_sd"]), 1.0).to_event(1))
             corr = numpyro.sample("corr_chol", nd.LKJCholesky(D, float(prior["eta"])))
         tril = scales[..., None] * corr
         with numpyro.plate("data", X.shape[0]):
-            numpyro.sample("x", nd.MixtureSameFamily(nd.Categorical(weights),
-                                                     nd.MultivariateNormal(means, scale_tril=tril)), obs=X)
+            numpyro.sample(
+                "x", nd.MixtureSameFamily(nd.Categorical(weights), nd.MultivariateNormal(means, scale_tril=tril)), obs=X
+            )
 
-    return {"regression": (n_regression, NAutoMVN, (X, y)),
-            "gmm": (n_gmm, NAutoDelta, (Xg,)),
-            "hierarchical": (n_hierarchical, NAutoNormal, (yh,))}
+    return {
+        "regression": (n_regression, NAutoMVN, (X, y)),
+        "gmm": (n_gmm, NAutoDelta, (Xg,)),
+        "hierarchical": (n_hierarchical, NAutoNormal, (yh,)),
+    }
 
 
 def time_numpyro(model, guide_class, data, steps):
@@ -176,10 +190,10 @@ def time_numpyro(model, guide_class, data, steps):
     state = svi.init(jax.random.PRNGKey(0), *data)
 
     @jax.jit
-    def run(state):   # what SVI.run(progress_bar=False) runs: the whole loop as one XLA program
+    def run(state):  # what SVI.run(progress_bar=False) runs: the whole loop as one XLA program
         return jax.lax.scan(lambda s, _: svi.update(s, *data), state, None, length=steps)
 
-    jax.block_until_ready(run(state))                      # compile
+    jax.block_until_ready(run(state))  # compile
     t0 = time.perf_counter()
     jax.block_until_ready(run(state))
     run_ms = (time.perf_counter() - t0) / steps * 1e3
@@ -205,6 +219,7 @@ def main():
     ap.add_argument("--models", default="regression,gmm,hierarchical")
     args = ap.parse_args()
     import numpyro
+
     print(f"torch {torch.__version__}, pyro {pyro.__version__}, numpyro {numpyro.__version__}; one thread each")
     ours, theirs = pyro_cases(), numpyro_cases()
     header = f"{'model':13s} {'path':34s} {'ms/step':>8s} {'x NumPyro':>9s} {'setup s':>8s}"
@@ -223,6 +238,7 @@ def main():
             print(f"{name:13s} {label:34s} {ms:8.3f} {ms / run_ms:9.2f} {setup:8.1f}{note}")
         model, make_guide, data, elbo = ours[name]
         from inference.capture import CapturedStep
+
         with pyro.get_param_store().scope(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             run = SVI(model, make_guide(), elbo=elbo, compile=False, max_plate_nesting=1)
@@ -230,8 +246,10 @@ def main():
             ops = CapturedStep(run.loss_fn, model, run.guide, state.params, data).graph.ops
         for fit_steps in (1000, 50000):
             pick = default_pick(ops, fit_steps)
-            print(f"{name:13s} {f'default, {fit_steps}-step fit: {pick}':34s} {results[pick]:8.3f} "
-                  f"{results[pick] / run_ms:9.2f}")
+            print(
+                f"{name:13s} {f'default, {fit_steps}-step fit: {pick}':34s} {results[pick]:8.3f} "
+                f"{results[pick] / run_ms:9.2f}"
+            )
         print()
 
 

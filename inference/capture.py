@@ -28,6 +28,7 @@ as a constant, or a replay that does not reproduce the captured step. Python-lev
 between steps without touching a tensor (a step counter in the model) cannot be seen; such models need
 ``compile=False``.
 """
+
 import contextlib
 import importlib
 import warnings
@@ -47,8 +48,12 @@ AUTO_INDUCTOR_WORK = 2e7
 # what ``torch_item`` does to the gradient) and the NaN check is left to the caller, which checks the
 # loss and the gradient norm of every step. These are the only Pyro internals this module relies on;
 # tests/test_capture.py fails loudly if Pyro renames them.
-PATCHED_MODULES = ("pyro.infer.trace_elbo", "pyro.infer.trace_mean_field_elbo", "pyro.infer.tracegraph_elbo",
-                   "pyro.infer.traceenum_elbo")
+PATCHED_MODULES = (
+    "pyro.infer.trace_elbo",
+    "pyro.infer.trace_mean_field_elbo",
+    "pyro.infer.tracegraph_elbo",
+    "pyro.infer.traceenum_elbo",
+)
 
 
 class CaptureError(Exception):
@@ -58,17 +63,17 @@ class CaptureError(Exception):
 def loss_and_surrogate(elbo, model, guide, args):
     """(loss, surrogate): the negative ELBO estimate and the tensor whose gradient is its gradient estimate
     (they differ where score-function terms enter: non-reparameterised sites)."""
-    if hasattr(elbo, "_loss_and_surrogate_loss"):            # TraceGraph_ELBO has no differentiable_loss
+    if hasattr(elbo, "_loss_and_surrogate_loss"):  # TraceGraph_ELBO has no differentiable_loss
         elbo_value, surrogate = elbo._loss_and_surrogate_loss(model, guide, args, {})
         return -elbo_value, surrogate
-    loss = elbo.differentiable_loss(model, guide, *args)       # value = loss, gradient = the surrogate's
+    loss = elbo.differentiable_loss(model, guide, *args)  # value = loss, gradient = the surrogate's
     return loss, loss
 
 
 @contextlib.contextmanager
 def _tensors_stay_tensors():
-    detach = lambda x: x.detach() if torch.is_tensor(x) else x   # noqa: E731
-    keep = lambda value, *args, **kwargs: value                   # noqa: E731
+    detach = lambda x: x.detach() if torch.is_tensor(x) else x  # noqa: E731
+    keep = lambda value, *args, **kwargs: value  # noqa: E731
     saved = []
     for name in PATCHED_MODULES:
         module = importlib.import_module(name)
@@ -109,6 +114,7 @@ class Graph(NamedTuple):
     """A captured function: ``run(*inputs) -> tuple of tensors`` (call it under ``torch.no_grad()``; it
     draws from the generators the function drew from, in the same order), the backend that runs it, and
     the number of operations in the graph."""
+
     run: Callable
     backend: str
     ops: int
@@ -142,7 +148,7 @@ def capture(fn, inputs, *, backend="torchscript", calls=1, context=contextlib.nu
         with _fork_rng(inputs), context(), _tensors_stay_tensors(), _quiet(), pyro.validation_enabled(False):
             _set_rng_state(rng)
             with _one_fake_mode():
-                graph = make_fx(lambda *args: fn(*args))(*inputs)   # (a bound method's self: not an input)
+                graph = make_fx(lambda *args: fn(*args))(*inputs)  # (a bound method's self: not an input)
             _set_rng_state(rng)
             with torch.no_grad():
                 captured = [t.detach().clone() for t in graph(*inputs)]
@@ -162,9 +168,9 @@ def capture(fn, inputs, *, backend="torchscript", calls=1, context=contextlib.nu
         except Exception as e:  # noqa: BLE001  (any compiler failure or mismatch: TorchScript still runs)
             backend = f"torchscript (inductor: {_first_line(e)})"
     try:
-        with torch.no_grad(), _quiet(), _fork_rng(inputs):   # tracing runs the graph: not on our draws
+        with torch.no_grad(), _quiet(), _fork_rng(inputs):  # tracing runs the graph: not on our draws
             replay = _torchscript(torch.jit.trace(graph, tuple(inputs), check_trace=False), inputs)
-    except RuntimeError as e:   # an operation TorchScript cannot hold: the graph runs op by op instead
+    except RuntimeError as e:  # an operation TorchScript cannot hold: the graph runs op by op instead
         replay, backend = graph, f"fx graph (TorchScript: {_first_line(e)})"
     _check_replay(replay, inputs, rng, captured)
     return Graph(replay, backend, ops)
@@ -178,8 +184,10 @@ def _check_replay(replay, inputs, rng, captured):
     for a, b in zip(captured, replayed, strict=True):
         size = float(a.abs().nan_to_num(0.0, 0.0, 0.0).max()) if a.numel() else 0.0
         if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + size), equal_nan=True):
-            raise CaptureError("the replayed graph does not reproduce the step it was captured from "
-                               "(state or control flow outside the tensors)")
+            raise CaptureError(
+                "the replayed graph does not reproduce the step it was captured from "
+                "(state or control flow outside the tensors)"
+            )
 
 
 def _torchscript(traced, inputs):
@@ -191,6 +199,7 @@ def _torchscript(traced, inputs):
     def run(*args):
         with torch.jit.optimized_execution(optimise):
             return traced(*args)
+
     return run
 
 
@@ -199,14 +208,16 @@ def _inductor(graph, inputs):
     ``torch.compile``: the graph is already captured, so dynamo has nothing to add but guards to check on
     every call. Where that entry point is missing, ``torch.compile``."""
     import torch._inductor.config as inductor_config
+
     # fallback_random: ATen's random functions, so the compiled graph draws what the eager step draws
     with inductor_config.patch(fallback_random=True), torch.no_grad(), _fork_rng(inputs), _quiet():
         try:
             from torch._inductor.compile_fx import compile_fx
+
             compiled = compile_fx(graph, list(inputs))
         except ImportError:
             compiled = torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
-        compiled(*inputs)                                          # compile now, not at the first step
+        compiled(*inputs)  # compile now, not at the first step
     return compiled
 
 
@@ -226,8 +237,9 @@ class CapturedStep:
         CaptureError when the graph cannot stand for the step (see the module docstring).
     """
 
-    def __init__(self, elbo, model, guide, params, batch, backend="torchscript", calls=1,
-                 context=contextlib.nullcontext):
+    def __init__(
+        self, elbo, model, guide, params, batch, backend="torchscript", calls=1, context=contextlib.nullcontext
+    ):
         self.params = list(params)
         self.where = [i for i, a in enumerate(batch) if torch.is_tensor(a)]
         self.shapes = [batch[i].shape for i in self.where]
@@ -240,21 +252,27 @@ class CapturedStep:
                 args[i] = t
             loss, surrogate = loss_and_surrogate(elbo, model, guide, tuple(args))
             grads = torch.autograd.grad(surrogate, inputs[:n], allow_unused=True)
-            self.used = [g is not None for g in grads]       # the graph returns only these gradients
+            self.used = [g is not None for g in grads]  # the graph returns only these gradients
             used = [g for g in grads if g is not None]
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in used])) \
-                if used else torch.zeros((), device=loss.device)
-            return (torch.stack([loss.detach(), norm.to(loss.dtype)]), *used)   # one read per step
+            norm = (
+                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in used]))
+                if used
+                else torch.zeros((), device=loss.device)
+            )
+            return (torch.stack([loss.detach(), norm.to(loss.dtype)]), *used)  # one read per step
 
-        self.graph = capture(step, (*self.params, *(batch[i] for i in self.where)), backend=backend,
-                             calls=calls, context=context)
+        self.graph = capture(
+            step, (*self.params, *(batch[i] for i in self.where)), backend=backend, calls=calls, context=context
+        )
         self.backend = self.graph.backend
 
     def __call__(self, batch):
         tensors = [batch[i] for i in self.where]
         if [t.shape for t in tensors] != self.shapes:
-            raise CaptureError(f"batch shapes {[tuple(t.shape) for t in tensors]} differ from the captured "
-                               f"{[tuple(s) for s in self.shapes]}")
+            raise CaptureError(
+                f"batch shapes {[tuple(t.shape) for t in tensors]} differ from the captured "
+                f"{[tuple(s) for s in self.shapes]}"
+            )
         with torch.no_grad():
             loss_and_norm, *grads = self.graph.run(*self.params, *tensors)
         grads = iter(grads)
@@ -270,6 +288,7 @@ def _one_fake_mode():
     try:
         from torch._guards import TracingContext, tracing
         from torch._subclasses.fake_tensor import FakeTensorMode
+
         return tracing(TracingContext(FakeTensorMode(allow_fallback_kernels=True)))
     except (ImportError, AttributeError, TypeError):
         return contextlib.nullcontext()
@@ -280,11 +299,12 @@ def _check_constants(graph):
     a cache): replaying it would change that tensor where the eager step changes another."""
     for node in graph.graph.nodes:
         target = node.target
-        mutable = node.op == "call_function" and isinstance(target, torch._ops.OpOverload) \
-            and target._schema.is_mutable
+        mutable = node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
         if mutable and node.args and getattr(node.args[0], "op", None) == "get_attr":
-            raise CaptureError(f"the step writes into a tensor that is not a parameter ({target.__name__} "
-                               f"on a constant): a buffer such as batch-norm statistics")
+            raise CaptureError(
+                f"the step writes into a tensor that is not a parameter ({target.__name__} "
+                f"on a constant): a buffer such as batch-norm statistics"
+            )
 
 
 def _cuda_devices(tensors):

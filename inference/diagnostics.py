@@ -6,18 +6,20 @@ names) the table holds the posterior mean and sd, and, against the reference fit
     error    = (mean - mean_ref) / sd_ref     how far off the mean is, in reference sds
     sd_ratio = sd / sd_ref                    < 1: over-confident, > 1: under-confident
 
-and the Pareto k-hat of PSIS applied to the importance weights p(x, z) / q(z), z ~ q (Yao et al. 2018,
-"Yes, but did it work?"): k-hat < 0.5 the approximation is close enough for importance sampling to fix
-it, 0.5-0.7 usable, > 0.7 the approximation cannot be trusted. k-hat is one number per method: the fit's own verdict's where it has one, else from
-``Fit.importance`` (Laplace, and SVI where the guide provides it); it is NaN otherwise, and 0 when all
-weights are equal (q is exactly the posterior, where the Pareto fit is undefined).
+and the Pareto k-hat of PSIS applied to the importance weights p(x, z) / q(z), z ~ q (Yao et al. 2018, "Yes,
+but did it work?"): k-hat < 0.5 the approximation is close enough for importance sampling to fix it, 0.5-0.7
+usable, > 0.7 the approximation cannot be trusted. k-hat is one number per method: the fit's own verdict's
+where it has one, else from ``Fit.importance`` (Laplace, and SVI where the guide provides it); it is NaN
+otherwise, and 0 when all weights are equal (q is exactly the posterior, where the Pareto fit is undefined).
 """
+
 import numpy as np
 import pandas as pd
 
 from . import verdict
+from .common import to_numpy
 from .errors import InvalidInputError, check_positive
-from .result import Fit, _numpy
+from .result import Fit
 
 COLUMNS = ["method", "variable", "mean", "sd", "error", "sd_ratio", "khat", "seconds"]
 
@@ -37,7 +39,7 @@ def compare(fits, reference=None, var_names=None, num_samples=1000, seed=0):
         pandas.DataFrame with columns ``COLUMNS``; rows grouped by method in the order of ``fits``.
         ``summarize(table)`` condenses it to one row per method.
     """
-    fits = _check_fits(fits)
+    fits = check_fits(fits)
     check_positive("num_samples", num_samples, integer=True)
     if reference is None:
         nuts = [k for k, f in fits.items() if f.method == "nuts"]
@@ -45,7 +47,7 @@ def compare(fits, reference=None, var_names=None, num_samples=1000, seed=0):
     elif reference not in fits:
         raise InvalidInputError(f"reference={reference!r} is not one of the fits {list(fits)}")
     draws = {name: posterior_draws(fit, num_samples, seed) for name, fit in fits.items()}
-    var_names = _check_var_names(draws, var_names)
+    var_names = check_var_names(draws, var_names)
     elements = {name: dict(flat_elements(d, var_names)) for name, d in draws.items()}
 
     rows = []
@@ -70,20 +72,22 @@ def summarize(table):
     """One row per method of a :func:`compare` table: the worst |error|, the sd ratios' range, k-hat
     and seconds. Index: method."""
     groups = table.groupby("method", sort=False)
-    return pd.DataFrame({
-        "max_abs_error": groups["error"].apply(lambda e: e.abs().max()),
-        "min_sd_ratio": groups["sd_ratio"].min(),
-        "max_sd_ratio": groups["sd_ratio"].max(),
-        "khat": groups["khat"].first(),
-        "seconds": groups["seconds"].first(),
-    })
+    return pd.DataFrame(
+        {
+            "max_abs_error": groups["error"].apply(lambda e: e.abs().max()),
+            "min_sd_ratio": groups["sd_ratio"].min(),
+            "max_sd_ratio": groups["sd_ratio"].max(),
+            "khat": groups["khat"].first(),
+            "seconds": groups["seconds"].first(),
+        }
+    )
 
 
 def posterior_draws(fit, num_samples=1000, seed=0):
     """{site: numpy array [n, *shape]}: all draws of an MCMC fit, ``num_samples`` fresh ones otherwise."""
     if fit.chains is not None:
-        return {k: _numpy(v).reshape(-1, *v.shape[2:]) for k, v in fit.chains.items()}
-    return {k: _numpy(v) for k, v in fit.samples(num_samples, seed).items()}
+        return {k: to_numpy(v).reshape(-1, *v.shape[2:]) for k, v in fit.chains.items()}
+    return {k: to_numpy(v) for k, v in fit.samples(num_samples, seed).items()}
 
 
 def flat_elements(draws, var_names):
@@ -97,7 +101,7 @@ def flat_elements(draws, var_names):
             yield f"{site}[{', '.join(map(str, index))}]", x[(slice(None),) + index]
 
 
-def _check_fits(fits):
+def check_fits(fits):
     if not isinstance(fits, dict) or not fits:
         raise InvalidInputError("fits must be a non-empty dict {method name: Fit}")
     for name, fit in fits.items():
@@ -106,7 +110,7 @@ def _check_fits(fits):
     return fits
 
 
-def _check_var_names(draws, var_names):
+def check_var_names(draws, var_names):
     common = [k for k in next(iter(draws.values())) if all(k in d for d in draws.values())]
     if var_names is None:
         if not common:
@@ -118,8 +122,7 @@ def _check_var_names(draws, var_names):
     for name, d in draws.items():
         missing = [v for v in var_names if v not in d]
         if missing:
-            raise InvalidInputError(f"var_names {missing} are not sites of fit {name!r} "
-                                    f"(its sites: {list(d)})")
+            raise InvalidInputError(f"var_names {missing} are not sites of fit {name!r} (its sites: {list(d)})")
     shapes = {v: {d[v].shape[1:] for d in draws.values()} for v in var_names}
     bad = {v: sorted(s) for v, s in shapes.items() if len(s) > 1}
     if bad:

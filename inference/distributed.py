@@ -1,13 +1,13 @@
 """Data-parallel training on ``torch.distributed``: process groups, shards, seeds and reductions.
 
 Every process (a *rank*, 0 .. world_size − 1) holds one shard of the data and a full copy of the model.
-Gradients are averaged across ranks (by ``DistributedDataParallel``, see :func:`wrap`), so each optimizer
-step uses the minibatches of all ranks together; sums over the data (EM's sufficient statistics) are
-all-reduced. Rank 0 alone writes files.
+Gradients are averaged across ranks after each backward pass (:func:`average_gradients`, the
+``grad_hook`` of :func:`inference.svi`), so each optimizer step uses the minibatches of all ranks together;
+sums over the data (EM's sufficient statistics) are all-reduced. Rank 0 alone writes files.
 
     device = distributed.setup()                 # under torchrun: reads RANK, WORLD_SIZE, MASTER_ADDR, ...
     x_mine = distributed.shard(x)                # rows rank, rank + W, rank + 2W, ...
-    ...
+    fit = inference.svi(model, guide, x_mine, batch_size=B, **distributed.svi_settings(len(x_mine), B, epochs))
     distributed.teardown()
 
 or, without torchrun, ``distributed.spawn(fn, nproc, *args)`` runs ``fn(*args)`` in ``nproc`` local
@@ -15,6 +15,7 @@ processes that have joined one group. CPU processes talk over gloo, GPUs over NC
 ``cuda:LOCAL_RANK``). Every helper is a no-op in a single process without a process group, so the same
 code runs with or without it.
 """
+
 import os
 import socket
 
@@ -22,10 +23,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import InvalidInputError, ZooError
-
+from .errors import InferenceError, InvalidInputError
 
 # ---- the process group --------------------------------------------------------------------------------
+
 
 def setup(rank=None, world_size=None, *, device="cpu", backend=None, master_addr=None, master_port=None):
     """Join the default process group and return the ``torch.device`` this process should compute on.
@@ -46,18 +47,20 @@ def setup(rank=None, world_size=None, *, device="cpu", backend=None, master_addr
             raise InvalidInputError("device='cuda' but no CUDA GPU is available here; use device='cpu'")
         local = int(env.get("LOCAL_RANK", rank)) if device.index is None else device.index
         if local >= torch.cuda.device_count():
-            raise InvalidInputError(f"process {rank} wants GPU cuda:{local}, but only "
-                                    f"{torch.cuda.device_count()} GPU(s) are visible")
+            raise InvalidInputError(
+                f"process {rank} wants GPU cuda:{local}, but only {torch.cuda.device_count()} GPU(s) are visible"
+            )
         device = torch.device("cuda", local)
-        torch.cuda.set_device(device)        # NCCL and the object collectives use the current GPU
+        torch.cuda.set_device(device)  # NCCL and the object collectives use the current GPU
     elif device.type != "cpu":
         raise InvalidInputError(f"device must be 'cpu' or 'cuda', got {str(device)!r}")
     if not dist.is_initialized():
         env["MASTER_ADDR"] = master_addr or env.get("MASTER_ADDR", "127.0.0.1")
-        env["MASTER_PORT"] = str(master_port or env.get("MASTER_PORT", 29500))
+        env["MASTER_PORT"] = str(master_port or env.get("MASTER_PORT", "29500"))
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
-        dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend, rank=rank, world_size=world_size, device_id=device if device.type == "cuda" else None
+        )
     return device
 
 
@@ -70,7 +73,7 @@ def teardown():
 
 def launched():
     """True when this process was started by torchrun (or another launcher) as one of several."""
-    return int(os.environ.get("WORLD_SIZE", 1)) > 1 and "RANK" in os.environ
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
 def is_distributed():
@@ -94,8 +97,10 @@ def is_writer():
 def require_group(what):
     """Raise a clear error when ``what`` asks for distributed work outside a process group."""
     if not (dist.is_available() and dist.is_initialized()):
-        raise InvalidInputError(f"{what} needs an initialised torch.distributed process group: launch "
-                                f"with torchrun and call inference.distributed.setup() first")
+        raise InvalidInputError(
+            f"{what} needs an initialised torch.distributed process group: launch "
+            f"with torchrun and call inference.distributed.setup() first"
+        )
 
 
 def free_port():
@@ -112,6 +117,7 @@ def spawn(fn, nproc, *args, device="cpu", port=None):
     cores. Raises when a process fails (the others are stopped); returns nothing.
     """
     import torch.multiprocessing as mp
+
     port = port or free_port()
     mp.spawn(_worker, args=(nproc, str(device), port, fn, args), nprocs=nproc, join=True)
 
@@ -119,8 +125,9 @@ def spawn(fn, nproc, *args, device="cpu", port=None):
 def _worker(rank_, nproc, device, port, fn, args):
     if torch.device(device).type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
-    os.environ.update(RANK=str(rank_), LOCAL_RANK=str(rank_), WORLD_SIZE=str(nproc),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank_), LOCAL_RANK=str(rank_), WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     setup(rank_, nproc, device=device)
     try:
         fn(*args)
@@ -130,6 +137,7 @@ def _worker(rank_, nproc, device, port, fn, args):
 
 
 # ---- data and seeds -----------------------------------------------------------------------------------
+
 
 def shard(x, rank_=None, world_size_=None):
     """This rank's rows of ``x`` (a tensor or array with rows on dim 0): rows rank, rank + W, ... (a view).
@@ -154,7 +162,51 @@ def rank_seed(seed, rank_=None):
     return int(np.random.SeedSequence([int(seed), r]).generate_state(1)[0])
 
 
+def svi_settings(n, batch_size, epochs, seed=0, *, elbo=None, what="svi_settings"):
+    """The settings of :func:`inference.svi` for this rank of a data-parallel fit on its own shard of the data.
+
+    Every step is a collective (the step's loss and gradients are averaged over the ranks), so every rank
+    takes the same number of steps: the smallest shard sets the steps per epoch,
+    ``n_min // min(batch_size, n_min)``. Each minibatch term is scaled to the total N = Σ n over the ranks,
+    each rank draws its own minibatches and noise (:func:`rank_seed`), and :func:`average_gradients`
+    averages the gradients before every optimizer step, so all ranks take the same step. A distributed
+    step runs eagerly (:func:`inference.svi` does not compile it), so an ELBO name that asks for the
+    compiled step ("jit-...") is refused rather than run otherwise.
+
+    Args:
+        n: rows of this rank's shard.
+        batch_size: rows per step on this rank (a step sees world_size x batch_size rows).
+        epochs: passes over the smallest shard.
+        seed: the run's seed, the same on every rank.
+        elbo: the ELBO's name, or None.
+        what: names the caller in the errors.
+
+    Returns:
+        dict of keyword arguments of :func:`inference.svi`: ``steps``, ``eval_every`` (one epoch, the same
+        steps on every rank, as held-out losses are averaged over them), ``data_size`` (N), ``seed`` (this
+        rank's), ``grad_hook`` and ``distributed=True``.
+    """
+    require_group(what)
+    if elbo is not None and elbo.startswith("jit-"):
+        raise InvalidInputError(
+            f"{what}: elbo={elbo!r} asks for the compiled step, but a distributed step runs "
+            f"eagerly (its gradients are averaged over the processes); use "
+            f"elbo={elbo.removeprefix('jit-')!r}"
+        )
+    n_min = total(int(n), op="min")
+    per_epoch = n_min // min(batch_size, n_min)
+    return {
+        "steps": epochs * per_epoch,
+        "eval_every": per_epoch,
+        "data_size": total(int(n)),
+        "seed": rank_seed(seed),
+        "grad_hook": average_gradients,
+        "distributed": True,
+    }
+
+
 # ---- reductions ---------------------------------------------------------------------------------------
+
 
 def all_reduce_sum(tensor):
     """Sum ``tensor`` over all ranks, in place, and return it (unchanged in a single process)."""
@@ -181,9 +233,13 @@ def total(value, device=None, op="sum"):
 
 
 def average_gradients(params):
-    """Average the ``.grad`` of ``params`` over ranks with one all-reduce of a flat buffer (usable as
-    ``inference.svi(..., grad_hook=average_gradients)`` where DistributedDataParallel does not apply).
-    Every rank must have gradients for the same parameters."""
+    """Average the ``.grad`` of ``params`` over ranks with one all-reduce of a flat buffer, in place: the
+    ``grad_hook`` of :func:`inference.svi` in a distributed fit (see :func:`svi_settings`).
+
+    Args:
+        params: the parameters; every rank must have gradients for the same ones (a parameter without a
+            gradient, such as an unused one, is left out on every rank alike).
+    """
     if not is_distributed():
         return
     grads = [p.grad for p in params if p.grad is not None]
@@ -194,7 +250,7 @@ def average_gradients(params):
     flat /= dist.get_world_size()
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -218,7 +274,7 @@ def broadcast_object(obj):
 
 def on_rank0(fn):
     """Compute ``fn()`` on rank 0 and return its result on every rank (tensors must be on the CPU);
-    an error of the project (ZooError) raised on rank 0 is raised on every rank, so no rank waits
+    an error of the project (InferenceError) raised on rank 0 is raised on every rank, so no rank waits
     forever for the others."""
     if not is_distributed():
         return fn()
@@ -226,27 +282,12 @@ def on_rank0(fn):
     if rank() == 0:
         try:
             result = fn()
-        except ZooError as e:
+        except InferenceError as e:
             error = e
     result, error = broadcast_object((result, error))
     if error is not None:
         raise error
     return result
-
-
-def wrap(module):
-    """``module`` in ``DistributedDataParallel`` (gradients averaged in the backward pass, rank 0's
-    initial parameters copied to every rank); the module itself in a single process.
-
-    Every parameter of ``module`` must get a gradient in each backward pass (DDP waits for all of them).
-    The wrapper only changes the forward call: the wrapped module keeps its parameters, so Pyro can
-    register the plain module and its parameter names stay those of a single-process fit.
-    """
-    if not is_distributed():
-        return module
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    device = next(module.parameters()).device
-    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _comm_device():

@@ -6,6 +6,7 @@ smooths into k-hat and reweighted draws. Both draw all samples in one vectorised
 allows it, and one at a time otherwise; the one-at-a-time weights replay a captured graph
 (:mod:`inference.capture`) where they can, so that the verdict of an enumerated model costs seconds.
 """
+
 from contextlib import contextmanager
 
 import numpy as np
@@ -19,7 +20,7 @@ from pyro.poutine.util import site_is_subsample
 from .capture import CaptureError, capture, loss_and_surrogate
 from .errors import MODEL_ERRORS
 
-WEIGHT_CHUNK = 500      # draws per vectorised pass: bounds the memory of [draws, data] tensors
+WEIGHT_CHUNK = 500  # draws per vectorised pass: bounds the memory of [draws, data] tensors
 
 
 @contextmanager
@@ -36,20 +37,23 @@ def guide_sampler(guide, data, state):
 
     Vectorised over a plate outside the guide's own plates when the guide allows it, else a loop.
     """
+
     def draw(num_samples, seed):
         with pyro.get_param_store().scope(state), torch.no_grad(), seeded(seed):
             one = poutine.trace(guide).get_trace(*data)
             sites = {n: s for n, s in one.nodes.items() if is_latent(s)}
-            nesting = max([-f.dim for s in sites.values() for f in s["cond_indep_stack"]
-                           if f.vectorized and f.dim is not None], default=0)
+            nesting = max(
+                [-f.dim for s in sites.values() for f in s["cond_indep_stack"] if f.vectorized and f.dim is not None],
+                default=0,
+            )
             try:
                 with pyro.plate("_draws", num_samples, dim=-(nesting + 1)):
                     many = poutine.trace(guide).get_trace(*data)
-                return {n: many.nodes[n]["value"].reshape(num_samples, *s["value"].shape)
-                        for n, s in sites.items()}
+                return {n: many.nodes[n]["value"].reshape(num_samples, *s["value"].shape) for n, s in sites.items()}
             except (RuntimeError, ValueError, NotImplementedError):  # guide not vectorisable: loop
                 traces = [poutine.trace(guide).get_trace(*data) for _ in range(num_samples)]
                 return {n: torch.stack([t.nodes[n]["value"] for t in traces]) for n in sites}
+
     return draw
 
 
@@ -62,7 +66,7 @@ def importance_weights(model, guide, data, state, elbo_name, max_plate_nesting=N
     replayed at that draw, which is exactly the log weight (discrete sites enumerated by the model summed
     out by TraceEnum_ELBO). Results are cached: the verdict and ``compare`` ask for the same draws.
     """
-    enumerated = "enum" in elbo_name   # meanfield's analytic KL is not a weight: other ELBOs weigh as "trace"
+    enumerated = "enum" in elbo_name  # meanfield's analytic KL is not a weight: other ELBOs weigh as "trace"
     cache = {}
 
     def importance(num_samples, seed):
@@ -70,9 +74,9 @@ def importance_weights(model, guide, data, state, elbo_name, max_plate_nesting=N
             with pyro.get_param_store().scope(state), torch.no_grad(), seeded(seed):
                 result = None if enumerated else _vectorized_weights(model, guide, data, num_samples)
                 loss_fn = TraceEnum_ELBO(max_plate_nesting=max_plate_nesting) if enumerated else Trace_ELBO()
-                cache[num_samples, seed] = result or _weights_one_by_one(model, guide, data, num_samples,
-                                                                         loss_fn)
+                cache[num_samples, seed] = result or _weights_one_by_one(model, guide, data, num_samples, loss_fn)
         return cache[num_samples, seed]
+
     return importance
 
 
@@ -82,22 +86,31 @@ def _vectorized_weights(model, guide, data, num_samples):
     guide_trace = poutine.trace(guide).get_trace(*data)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*data)
     shapes = {n: s["value"].shape for n, s in guide_trace.nodes.items() if is_latent(s)}
-    nesting = max([-f.dim for tr in (guide_trace, model_trace) for s in tr.nodes.values()
-                   if s["type"] == "sample" for f in s["cond_indep_stack"] if f.vectorized], default=0)
+    nesting = max(
+        [
+            -f.dim
+            for tr in (guide_trace, model_trace)
+            for s in tr.nodes.values()
+            if s["type"] == "sample"
+            for f in s["cond_indep_stack"]
+            if f.vectorized
+        ],
+        default=0,
+    )
     parts = []
-    for start in range(0, num_samples, WEIGHT_CHUNK):   # chunks bound the memory of [draws, data] tensors
+    for start in range(0, num_samples, WEIGHT_CHUNK):  # chunks bound the memory of [draws, data] tensors
         n = min(WEIGHT_CHUNK, num_samples - start)
         try:
-            log_w, _, many = vectorized_importance_weights(model, guide, *data, num_samples=n,
-                                                            max_plate_nesting=nesting, normalized=False)
+            log_w, _, many = vectorized_importance_weights(
+                model, guide, *data, num_samples=n, max_plate_nesting=nesting, normalized=False
+            )
             draws = {k: many.nodes[k]["value"].reshape(n, *shape) for k, shape in shapes.items()}
         except (*MODEL_ERRORS, AssertionError):
             return None
         if log_w.shape != (n,):
             return None
         parts.append((draws, log_w.detach().double().cpu().numpy()))
-    return ({k: torch.cat([d[k] for d, _ in parts]) for k in shapes},
-            np.concatenate([w for _, w in parts]))
+    return ({k: torch.cat([d[k] for d, _ in parts]) for k in shapes}, np.concatenate([w for _, w in parts]))
 
 
 def _weights_one_by_one(model, guide, data, num_samples, loss_fn):
@@ -106,14 +119,15 @@ def _weights_one_by_one(model, guide, data, num_samples, loss_fn):
     One draw's computation is captured as a graph and replayed ``num_samples`` times where it can be
     (:mod:`inference.capture`): the same draws and weights as the Python loop, without Pyro's per-draw
     bookkeeping."""
+
     def one():
         trace = poutine.trace(guide).get_trace(*data)
-        with torch.enable_grad():   # TraceEnum_ELBO's differentiable loss refuses a loss without gradients
+        with torch.enable_grad():  # TraceEnum_ELBO's differentiable loss refuses a loss without gradients
             loss, _ = loss_and_surrogate(loss_fn, model, poutine.replay(guide, trace=trace), data)
         return (-loss.detach(), *(s["value"] for s in trace.nodes.values() if is_latent(s)))
 
     with torch.random.fork_rng(devices=[]), poutine.block(), poutine.trace() as names:
-        guide(*data)                                   # the site names, without using up the draws
+        guide(*data)  # the site names, without using up the draws
     sites = [n for n, s in names.trace.nodes.items() if is_latent(s)]
     try:
         replay = capture(one, (), calls=num_samples).run
@@ -144,11 +158,12 @@ def local_latents(guide, data, state, plate):
     None when all its latent sites are global."""
     with pyro.get_param_store().scope(state), torch.no_grad():
         trace = poutine.trace(guide).get_trace(*data)
-    local = [n for n, s in trace.nodes.items() if is_latent(s)
-             and any(f.name == plate for f in s["cond_indep_stack"])]
+    local = [n for n, s in trace.nodes.items() if is_latent(s) and any(f.name == plate for f in s["cond_indep_stack"])]
     if local:
-        return (f"the guide has local latent sites {local} in plate {plate!r}: the importance weights of "
-                "the whole data set do not judge each local fit")
+        return (
+            f"the guide has local latent sites {local} in plate {plate!r}: the importance weights of "
+            "the whole data set do not judge each local fit"
+        )
     return None
 
 
@@ -173,6 +188,10 @@ def has_point_masses(guide, data, state):
 
 
 def is_latent(site):
-    return (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-            and not site["infer"].get("is_auxiliary", False)
-            and not site["infer"].get("_do_not_trace", False))
+    return (
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and not site["infer"].get("is_auxiliary", False)
+        and not site["infer"].get("_do_not_trace", False)
+    )

@@ -16,6 +16,7 @@ reproduces a closed-form EM to the optimiser's tolerance.
 With a ``guide`` the E-step is ``e_steps`` gradient steps on the guide's own parameters and the M-step
 ``m_steps`` steps on the model's.
 """
+
 import time
 from contextlib import ExitStack
 
@@ -26,15 +27,29 @@ import torch
 from tqdm import tqdm
 
 from . import verdict
+from .common import show_progress
+from .draws import guide_sampler, seeded
 from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
+from .objectives import make_elbo
 from .optim import make_optimizer
 from .result import Fit, point_mass_draw
-from .draws import guide_sampler, seeded
-from .svi import _no_progress, make_elbo
 
 
-def variational_em(model, guide, *data, max_iter=100, tol=1e-8, e_steps=50, m_steps=50, lr=1e-2,
-                   m_step="lbfgs", elbo=None, max_plate_nesting=None, seed=0, progress=None):
+def variational_em(
+    model,
+    guide,
+    *data,
+    max_iter=100,
+    tol=1e-8,
+    e_steps=50,
+    m_steps=50,
+    lr=1e-2,
+    m_step="lbfgs",
+    elbo=None,
+    max_plate_nesting=None,
+    seed=0,
+    progress=None,
+):
     """Alternate E- and M-steps until the relative change of the loss is below ``tol``.
 
     Args:
@@ -66,29 +81,43 @@ def variational_em(model, guide, *data, max_iter=100, tol=1e-8, e_steps=50, m_st
     with store.scope() as state, seeded(seed):
         model_names = _param_names(model, data)
         if not model_names:
-            raise InvalidInputError("the model has no pyro.param sites: variational EM has no θ to fit "
-                                    "(use inference.svi for models whose unknowns are all latent)")
+            raise InvalidInputError(
+                "the model has no pyro.param sites: variational EM has no θ to fit "
+                "(use inference.svi for models whose unknowns are all latent)"
+            )
         theta = [store.get_param(n).unconstrained() for n in model_names]
         if guide is None:
             enumerated = _enumerated_sites(model, data)
             if not enumerated:
-                raise InvalidInputError("guide=None asks for the exact E-step, but the model has no "
-                                        "enumerated discrete sites (infer={'enumerate': 'parallel'})")
+                raise InvalidInputError(
+                    "guide=None asks for the exact E-step, but the model has no "
+                    "enumerated discrete sites (infer={'enumerate': 'parallel'})"
+                )
             empty = _empty_guide
         else:
             phi_names = [n for n in _param_names(guide, data) if n not in model_names]
             phi = [store.get_param(n).unconstrained() for n in phi_names]
             e_opt = make_optimizer("adam", phi, lr=lr) if phi else None
-        m_opt = (torch.optim.LBFGS(theta, lr=1.0, max_iter=m_steps, tolerance_grad=1e-12,
-                                   tolerance_change=1e-14, history_size=50, line_search_fn="strong_wolfe")
-                 if m_step == "lbfgs" else make_optimizer("adam", theta, lr=lr))
+        m_opt = (
+            torch.optim.LBFGS(
+                theta,
+                lr=1.0,
+                max_iter=m_steps,
+                tolerance_grad=1e-12,
+                tolerance_change=1e-14,
+                history_size=50,
+                line_search_fn="strong_wolfe",
+            )
+            if m_step == "lbfgs"
+            else make_optimizer("adam", theta, lr=lr)
+        )
 
         def objective(q):
             return loss_fn.differentiable_loss(model, q, *data)
 
         losses, converged = [], False
         t0 = time.perf_counter()
-        bar = tqdm(total=max_iter, disable=_no_progress(progress), desc="variational EM", leave=False)
+        bar = tqdm(total=max_iter, disable=show_progress(progress), desc="variational EM", leave=False)
         for it in range(max_iter + 1):
             # E-step
             if guide is None:
@@ -121,13 +150,30 @@ def variational_em(model, guide, *data, max_iter=100, tol=1e-8, e_steps=50, m_st
     draw = point_mass_draw(params)
     if guide is not None:
         draw = _merge_draws(draw, guide_sampler(guide, data, state))
-    diagnostics = {"n_iter": len(losses) - 1, "khat": np.nan,
-                   "khat_skipped": "θ is a point estimate: it has no density to weigh"}
-    reason = None if converged else (f"the loss still changed by more than tol={tol:g} (relative) after "
-                                     f"max_iter={max_iter} rounds: raise max_iter")
+    diagnostics = {
+        "n_iter": len(losses) - 1,
+        "khat": np.nan,
+        "khat_skipped": "θ is a point estimate: it has no density to weigh",
+    }
+    reason = (
+        None
+        if converged
+        else (
+            f"the loss still changed by more than tol={tol:g} (relative) after "
+            f"max_iter={max_iter} rounds: raise max_iter"
+        )
+    )
     verdict.deliver("variational_em", diagnostics, [reason], stacklevel=2)
-    return Fit(method="variational_em", losses=np.asarray(losses), seconds=seconds, params=params,
-               draw=draw, diagnostics=diagnostics)
+    return Fit(
+        method="variational_em",
+        losses=np.asarray(losses),
+        seconds=seconds,
+        params=params,
+        draw=draw,
+        diagnostics=diagnostics,
+        model=model,
+        data=data,
+    )
 
 
 def _m_step(opt, kind, steps, loss, theta):
@@ -136,8 +182,9 @@ def _m_step(opt, kind, steps, loss, theta):
         value = loss()
         value.backward()
         return value
+
     if kind == "lbfgs":
-        opt.state.clear()   # each M-step is a new problem: curvature pairs of the last one mislead
+        opt.state.clear()  # each M-step is a new problem: curvature pairs of the last one mislead
         opt.step(closure)
     else:
         for _ in range(steps):
@@ -156,10 +203,11 @@ def _enumerated_sites(model, data):
     """Enumerated discrete sites of the model and the plates each sits in."""
     with torch.no_grad():
         tr = poutine.trace(model).get_trace(*data)
-    return {name: [f for f in site["cond_indep_stack"] if f.vectorized]
-            for name, site in tr.nodes.items()
-            if site["type"] == "sample" and site["infer"].get("enumerate") == "parallel"
-            and not site["is_observed"]}
+    return {
+        name: [f for f in site["cond_indep_stack"] if f.vectorized]
+        for name, site in tr.nodes.items()
+        if site["type"] == "sample" and site["infer"].get("enumerate") == "parallel" and not site["is_observed"]
+    }
 
 
 def _exact_posterior_guide(loss_fn, model, data, enumerated):
@@ -172,6 +220,7 @@ def _exact_posterior_guide(loss_fn, model, data, enumerated):
                 for f in frames:
                     stack.enter_context(pyro.plate(f.name, f.size, dim=f.dim))
                 pyro.sample(name, marginals[name], infer={"enumerate": "parallel"})
+
     return guide
 
 
@@ -185,4 +234,5 @@ def _merge_draws(*draws):
         for d in draws:
             out.update(d(num_samples, seed))
         return out
+
     return draw

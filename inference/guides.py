@@ -10,8 +10,14 @@ family changes the answer.
 
 All live on the unconstrained space of the model's latent sites (``biject_to`` of each support).
 """
-from pyro.infer.autoguide import (AutoDelta, AutoIAFNormal, AutoLowRankMultivariateNormal,
-                                  AutoMultivariateNormal, AutoNormal)
+
+from pyro.infer.autoguide import (
+    AutoDelta,
+    AutoIAFNormal,
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
 
 from .errors import check_choice
 

@@ -21,13 +21,19 @@ and returns, per loc parameter, the Laplace sd of each element: SVI uses it to t
 steps of posterior sds rather than of the raw unconstrained units, so a posterior with sds of 1e-3 and
 one with sds of 1e4 train alike (:mod:`inference.svi`).
 """
+
 from contextlib import contextmanager
 
 import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import biject_to, transform_to
-from pyro.infer.autoguide import (AutoDelta, AutoDiagonalNormal, AutoLowRankMultivariateNormal,
-                                  AutoMultivariateNormal, AutoNormal)
+from pyro.infer.autoguide import (
+    AutoDelta,
+    AutoDiagonalNormal,
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
 
 
 @contextmanager
@@ -95,7 +101,7 @@ def _copy(param, value, constraint=None):
     """Write a constrained value into the unconstrained tensor behind a guide parameter, in place."""
     with torch.no_grad():
         value = value.to(param.dtype)
-        if constraint is not None:   # first: an unconstrained space may be smaller (a Cholesky factor's)
+        if constraint is not None:  # first: an unconstrained space may be smaller (a Cholesky factor's)
             value = transform_to(constraint).inv(value)
         param.copy_(value.reshape(param.shape))
     return param

@@ -14,31 +14,25 @@ whose draws are mapped back through T^-1, so every sample respects its site's su
 that Pyro can enumerate are summed out of U exactly. The same Gaussian also gives the Laplace estimate
 of the evidence, log p(x) ~= -U(u*) + d/2 log 2π - 1/2 log det H (MATH.md §1, §4).
 """
-import contextlib
+
 import math
 import time
 import warnings
 
 import numpy as np
-import pyro
 import torch
-from pyro import poutine
-from pyro.infer.autoguide.initialization import InitMessenger, init_to_median, init_to_value
-from pyro.infer.mcmc.util import initialize_model
 
 from . import verdict
 from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
-from .init import improper_priors_start_at_zero
-from .potential import FlatPotential
+from .potential import ModelPotential
 from .result import Fit
 
-KHAT_DRAWS = 1000     # draws behind the verdict's k-hat
-NEWTON_LIMIT = 0.01   # the mode may be off by at most this many posterior sds
-NEWTON_STEPS = 20     # most Newton steps after L-BFGS
+KHAT_DRAWS = 1000  # draws behind the verdict's k-hat
+NEWTON_LIMIT = 0.01  # the mode may be off by at most this many posterior sds
+NEWTON_STEPS = 20  # most Newton steps after L-BFGS
 
 
-def laplace(model, *data, init=None, optimize=True, max_iter=500, tol=1e-9, max_plate_nesting=None,
-            seed=0, check=True):
+def laplace(model, *data, init=None, optimize=True, max_iter=500, tol=1e-9, max_plate_nesting=None, seed=0, check=True):
     """Fit a Laplace approximation to the posterior of ``model(*data)``.
 
     Args:
@@ -84,15 +78,14 @@ def laplace(model, *data, init=None, optimize=True, max_iter=500, tol=1e-9, max_
     start = time.perf_counter()
     out_dtype = torch.get_default_dtype()
     try:
-        fit = _laplace(model, data, torch.float64, out_dtype, init, optimize, max_iter, tol,
-                       max_plate_nesting, seed)
+        fit = _laplace(model, data, torch.float64, out_dtype, init, optimize, max_iter, tol, max_plate_nesting, seed)
     except RuntimeError:
         if out_dtype == torch.float64:
             raise
         # the model mixes in fixed float32 tensors (e.g. network weights): stay in its own precision
-        fit = _laplace(model, data, out_dtype, out_dtype, init, optimize, max_iter, tol,
-                       max_plate_nesting, seed)
+        fit = _laplace(model, data, out_dtype, out_dtype, init, optimize, max_iter, tol, max_plate_nesting, seed)
     fit.seconds = time.perf_counter() - start
+    fit.model, fit.data = model, tuple(data)  # for the log_likelihood and posterior_predictive groups
     if check:
         judge(fit)
     return fit
@@ -104,131 +97,20 @@ def judge(fit):
     draws, log_weights = fit.importance(KHAT_DRAWS, 0)
     _, d["khat"], _ = verdict.psis(log_weights)
     reasons = [verdict.khat_reason(d["khat"], "the Gaussian at the mode")]
-    if d["khat"] <= verdict.KHAT_LIMIT:   # above it the weighted means are not to be trusted either
+    if d["khat"] <= verdict.KHAT_LIMIT:  # above it the weighted means are not to be trusted either
         reasons.append(verdict.shift_reason(draws, log_weights, "the Gaussian at the mode"))
     if d["optimized"] and not d["lbfgs_converged"]:
         reasons.append(f"L-BFGS stopped at max_iter={d['n_iter']} before the potential settled")
     if d["optimized"] and not d["newton_sds"] <= NEWTON_LIMIT:
-        reasons.append(f"the gradient is not small at the point found: the mode lies about "
-                       f"{d['newton_sds']:.2g} posterior sds away (raise max_iter or give a better init)")
+        reasons.append(
+            f"the gradient is not small at the point found: the mode lies about "
+            f"{d['newton_sds']:.2g} posterior sds away (raise max_iter or give a better init)"
+        )
     verdict.deliver("laplace", d, reasons, stacklevel=3)
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype):
-    # constants the model creates (torch.tensor(1.), dist.Normal(0., 1.)) must match the data's dtype
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-class _FlatPotential:
-    """U(u) on one flat vector u: the sites of Pyro's potential laid end to end, in trace order."""
-
-    def __init__(self, model, data, dtype, init, max_plate_nesting, seed):
-        self.dtype = dtype
-        data = tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in data)
-        values = {k: torch.as_tensor(v, dtype=dtype) for k, v in (init or {}).items()}
-        strategy = _init_to_values_in_support(values) if values else init_to_median()
-        where = f"init={sorted(values)}" if values else "the prior median"
-        pyro.set_rng_seed(seed)
-        with _default_dtype(dtype), improper_priors_start_at_zero():
-            try:
-                if max_plate_nesting is None:
-                    max_plate_nesting = _max_plate_nesting(model, data, strategy)
-                params, self.potential_fn, self.transforms, trace = initialize_model(
-                    model, data, max_plate_nesting=max_plate_nesting, init_strategy=strategy)
-            except NotImplementedError as e:
-                if "subsample" in str(e):
-                    raise InvalidInputError(f"laplace needs the full data set: {e}") from None
-                first_line = str(e).splitlines()[0]
-                raise InvalidInputError(f"the model cannot start at {where}: {first_line}; give "
-                                        "init={site: value} for sites whose prior cannot be sampled") \
-                    from None
-            except ValueError as e:
-                if isinstance(e, InvalidInputError):
-                    raise
-                if "valid initial params" in str(e):
-                    e = "its log density is not finite there"
-                raise InvalidInputError(f"the model cannot be evaluated at {where}: {e}") from None
-        names = [n for n, site in trace.nodes.items() if n in self.transforms]
-        if not names:
-            discrete = [n for n, s in trace.nodes.items() if s["type"] == "sample"
-                        and not s["is_observed"] and getattr(s["fn"], "has_enumerate_support", False)]
-            extra = f" (its only latent sites {discrete} are discrete and summed out)" if discrete else ""
-            raise InvalidInputError(f"the model has no continuous latent sample sites{extra}: "
-                                    "there is no posterior for laplace to approximate")
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise InvalidInputError(f"init names {unknown}, which are not latent sites of the model "
-                                    f"(latent sites: {names})")
-        missing = [n for n in names if n not in values]
-        self.init_missing = missing
-        # the flat layout (and, for the k-hat draws, the compiled potential) of inference.potential
-        with _default_dtype(dtype):
-            self.flat = FlatPotential(self.potential_fn, self.transforms, params, names, compile=False)
-        self.sites, self.dim = self.flat.slices, self.flat.dim
-        self.start = self.flat.flatten(params).to(dtype)
-
-    def unflatten(self, u):
-        """Flat u [..., d] -> {site: unconstrained tensor [..., *shape]}."""
-        return self.flat.unflatten(u)
-
-    def __call__(self, u):
-        with _default_dtype(self.dtype):
-            return self.potential_fn(self.unflatten(u))
-
-    def many(self, u):
-        """U at each row of u [n, d] -> [n], without gradients. (A row at a time: Pyro's tracing reads
-        ``tensor.data``, which torch.func.vmap forbids; the potential compiled on the first call makes a
-        row cheap. L-BFGS's few dozen calls do not repay a capture.)"""
-        with _default_dtype(self.dtype), pyro.validation_enabled(False), torch.no_grad():
-            self.flat.compile()
-            values = [self.flat.value_and_grad(x.to(self.flat.dtype))[0] for x in u]
-        return torch.stack(values).to(self.dtype)
-
-    def constrain(self, u):
-        """Flat u [..., d] -> {site: constrained value [..., *site_shape]}."""
-        return self.flat.constrain(u)
-
-    def sites_where(self, mask):
-        """Names of the sites whose slice of a boolean [d] mask has any True."""
-        return [n for n, s in self.sites.items() if bool(mask[s].any())]
-
-
-def _max_plate_nesting(model, data, strategy):
-    """How many plates nest in ``model``, from one run at the initial point (as Pyro guesses it, but
-    without sampling from the priors, which an improper prior cannot do)."""
-    with poutine.block():
-        trace = poutine.trace(InitMessenger(strategy)(model)).get_trace(*data)
-    dims = [frame.dim for site in trace.nodes.values() if site["type"] == "sample"
-            for frame in site["cond_indep_stack"] if frame.vectorized]
-    return -min(dims) if dims else 0
-
-
-def _init_to_values_in_support(values):
-    """Pyro init strategy: the given constrained values (checked against each site's support), else
-    the prior median."""
-    given = init_to_value(values=values, fallback=init_to_median())
-
-    def strategy(site):
-        name, support, shape = site["name"], site["fn"].support, site["fn"].shape()
-        if name in values and values[name].shape != shape:
-            raise InvalidInputError(f"init[{name!r}] has shape {tuple(values[name].shape)}, but site "
-                                    f"{name!r} has shape {tuple(shape)}")
-        if name in values and not bool(support.check(values[name]).all()):
-            raise InvalidInputError(f"init[{name!r}] = {values[name].tolist()} lies outside the support "
-                                    f"{support} of site {name!r}")
-        return given(site)
-
-    return strategy
-
-
 def _laplace(model, data, dtype, out_dtype, init, optimize, max_iter, tol, max_plate_nesting, seed):
-    U = _FlatPotential(model, data, dtype, init, max_plate_nesting, seed)
+    U = ModelPotential(model, data, dtype, init, max_plate_nesting, seed)
     if not optimize and U.init_missing:
         raise InvalidInputError(f"optimize=False needs init for every latent site; missing {U.init_missing}")
     u, losses, converged = U.start, [], True
@@ -266,8 +148,16 @@ def _minimize(U, u0, max_iter, tol):
     """L-BFGS on U from u0: (u*, U per iteration, converged)."""
     u = u0.clone().requires_grad_(True)
     # one iteration per step() call, so that U is recorded per iteration; convergence is judged here
-    opt = torch.optim.LBFGS([u], lr=1.0, max_iter=1, max_eval=25, history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+    opt = torch.optim.LBFGS(
+        [u],
+        lr=1.0,
+        max_iter=1,
+        max_eval=25,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=0.0,
+        tolerance_change=0.0,
+    )
 
     def closure():
         opt.zero_grad()
@@ -281,9 +171,11 @@ def _minimize(U, u0, max_iter, tol):
         loss = float(opt.step(closure).detach())
         if not math.isfinite(loss) or not torch.isfinite(u).all():
             bad = ~torch.isfinite(u.detach()) | ~torch.isfinite(u.grad)
-            raise NonFiniteError(f"laplace: the potential became {loss} during L-BFGS at iteration "
-                                 f"{len(losses)}; sites with non-finite values or gradients: "
-                                 f"{U.sites_where(bad) or list(U.sites)}")
+            raise NonFiniteError(
+                f"laplace: the potential became {loss} during L-BFGS at iteration "
+                f"{len(losses)}; sites with non-finite values or gradients: "
+                f"{U.sites_where(bad) or list(U.sites)}"
+            )
         losses.append(loss)
         if len(losses) > 1 and abs(losses[-2] - loss) <= tol * max(1.0, abs(loss)):
             return u.detach(), losses, True
@@ -303,18 +195,23 @@ def _derivatives(U, u, where):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # vmap's notes on batching rules it falls back on
-                (H,) = torch.autograd.grad(grad, u, torch.eye(U.dim, dtype=u.dtype),
-                                           is_grads_batched=True, materialize_grads=True)
+                (H,) = torch.autograd.grad(
+                    grad, u, torch.eye(U.dim, dtype=u.dtype), is_grads_batched=True, materialize_grads=True
+                )
         except RuntimeError:  # some op without a vmap rule: one backward pass per row
-            H = torch.stack([torch.autograd.grad(grad[i], u, retain_graph=True, materialize_grads=True)[0]
-                             for i in range(U.dim)])
+            H = torch.stack(
+                [torch.autograd.grad(grad[i], u, retain_graph=True, materialize_grads=True)[0] for i in range(U.dim)]
+            )
     value, grad, H = value.detach(), grad.detach(), H.detach()
     if not torch.isfinite(value) or not torch.isfinite(grad).all():
-        raise NonFiniteError(f"laplace: the potential or its gradient is not finite at {where} "
-                             f"(U = {float(value)}); sites: {U.sites_where(~torch.isfinite(grad))}")
+        raise NonFiniteError(
+            f"laplace: the potential or its gradient is not finite at {where} "
+            f"(U = {float(value)}); sites: {U.sites_where(~torch.isfinite(grad))}"
+        )
     if not torch.isfinite(H).all():
-        raise NonFiniteError(f"laplace: the Hessian is not finite at {where}; sites: "
-                             f"{U.sites_where(~torch.isfinite(H).all(0))}")
+        raise NonFiniteError(
+            f"laplace: the Hessian is not finite at {where}; sites: {U.sites_where(~torch.isfinite(H).all(0))}"
+        )
     return value, grad, (H + H.T) / 2
 
 
@@ -336,7 +233,8 @@ def _cholesky(U, H, where):
         f"laplace: the Hessian of the negative log posterior at {where} is not positive definite "
         f"(smallest eigenvalue {float(evals[0]):.3g}) along site(s) {involved}{detail}. The point is a "
         "saddle or a maximum, or the posterior is flat there (improper prior, unidentified parameter); "
-        "try optimize=True, another init, or a proper prior for these sites.")
+        "try optimize=True, another init, or a proper prior for these sites."
+    )
 
 
 def _make_fit(U, u, value, grad, H, L, losses, converged, n_iter, out_dtype):
@@ -349,7 +247,7 @@ def _make_fit(U, u, value, grad, H, L, losses, converged, n_iter, out_dtype):
         eps = torch.randn(num_samples, d, generator=torch.Generator().manual_seed(seed), dtype=u.dtype)
         # H = L Lᵀ, so u* + L⁻ᵀ eps has covariance L⁻ᵀ L⁻¹ = H⁻¹
         draws = u + torch.linalg.solve_triangular(L.T, eps.T, upper=True).T
-        log_q = -0.5 * (eps ** 2).sum(-1) - 0.5 * d * math.log(2 * math.pi) + 0.5 * log_det
+        log_q = -0.5 * (eps**2).sum(-1) - 0.5 * d * math.log(2 * math.pi) + 0.5 * log_det
         return draws, log_q
 
     def draw(num_samples, seed=0):
@@ -363,12 +261,25 @@ def _make_fit(U, u, value, grad, H, L, losses, converged, n_iter, out_dtype):
 
     point = {n: v.detach().to(out_dtype) for n, v in U.constrain(u).items()}
     diagnostics = {
-        "hessian": H, "covariance": covariance, "log_det_hessian": float(log_det),
-        "potential": float(value), "gradient": grad, "loc": u, "sites": dict(U.sites),
+        "hessian": H,
+        "covariance": covariance,
+        "log_det_hessian": float(log_det),
+        "potential": float(value),
+        "gradient": grad,
+        "loc": u,
+        "sites": dict(U.sites),
         "log_evidence": float(-value + 0.5 * d * math.log(2 * math.pi) - 0.5 * log_det),
-        "lbfgs_converged": converged, "n_iter": n_iter,
+        "lbfgs_converged": converged,
+        "n_iter": n_iter,
         "newton_sds": float(grad @ torch.cholesky_solve(grad[:, None], L)[:, 0]) ** 0.5,
         "normal": torch.distributions.MultivariateNormal(u, precision_matrix=H),
     }
-    return Fit(method="laplace", losses=np.asarray(losses, dtype=float), seconds=0.0, draw=draw,
-               params=point, diagnostics=diagnostics, importance=importance)
+    return Fit(
+        method="laplace",
+        losses=np.asarray(losses, dtype=float),
+        seconds=0.0,
+        draw=draw,
+        params=point,
+        diagnostics=diagnostics,
+        importance=importance,
+    )

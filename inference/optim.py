@@ -13,6 +13,7 @@ store, so every optimizer, schedule and clipping rule here is the standard PyTor
 Gradient-norm clipping rescales the whole gradient when ‖g‖₂ > c, so the step length is at most η c
 (the cure for cliffs and exploding gradients).
 """
+
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
 
@@ -32,13 +33,11 @@ def make_optimizer(name, params, *, lr, momentum=0.9, betas=(0.9, 0.999), weight
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     if name in ("momentum", "nesterov"):
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=name == "nesterov",
-                               weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=name == "nesterov", weight_decay=weight_decay)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay,
-                                fused=_fusable(params))
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=_fusable(params))
     return ClippedAdam(params, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
@@ -71,8 +70,7 @@ def make_schedule(schedule, optimizer, *, steps, lr_min=None):
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr_min)
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[steps // 2, (3 * steps) // 4],
-                                                gamma=0.1)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[steps // 2, (3 * steps) // 4], gamma=0.1)
 
 
 def grad_norm(params):
@@ -88,7 +86,4 @@ def grad_norm(params):
 
 def clip_grad_norm(params, max_norm, total_norm):
     """Rescale the gradients in place so that their joint norm is at most ``max_norm``."""
-    torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm,
-                                         total_norm)
-
-
+    torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm, total_norm)

@@ -3,6 +3,7 @@
 Both functions build a ``matplotlib.figure.Figure`` without pyplot's global state (safe under Agg, in
 tests and scripts); save it with ``fig.savefig("name.png")``, or let a notebook display it.
 """
+
 import io
 import math
 
@@ -10,9 +11,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import gaussian_kde
 
-from .checkpoint import atomic_write_bytes
-from .diagnostics import _check_fits, _check_var_names, flat_elements, posterior_draws
+from .diagnostics import check_fits, check_var_names, flat_elements, posterior_draws
 from .errors import InvalidInputError, check_positive
+from .files import atomic_write_bytes
 
 
 def plot_losses(fits, *, xscale=None, yscale=None, ax=None, figsize=(6.4, 4.0), title="Loss per step"):
@@ -28,7 +29,7 @@ def plot_losses(fits, *, xscale=None, yscale=None, ax=None, figsize=(6.4, 4.0), 
     Returns:
         the Figure. A single-point trace (e.g. a Laplace fit at a given point) is drawn as a marker.
     """
-    fits = _check_fits(fits)
+    fits = check_fits(fits)
     if ax is None:
         fig = Figure(figsize=figsize, layout="constrained")
         ax = fig.add_subplot()
@@ -69,8 +70,9 @@ def _auto_yscale(values):
     return "log" if (values > 0).all() else "symlog"
 
 
-def plot_posteriors(fits, var_names=None, *, num_samples=1000, seed=0, max_elements=16, forest=True,
-                    interval=0.94, figsize=None):
+def plot_posteriors(
+    fits, var_names=None, *, num_samples=1000, seed=0, max_elements=16, forest=True, interval=0.94, figsize=None
+):
     """Overlaid marginal densities of several fits, one panel per variable element, and a forest panel.
 
     Args:
@@ -84,12 +86,12 @@ def plot_posteriors(fits, var_names=None, *, num_samples=1000, seed=0, max_eleme
         the Figure: ``len(elements)`` density axes, each with one line per fit (a vertical line where a
         fit's draws are all equal, e.g. a point estimate), plus the forest axes last.
     """
-    fits = _check_fits(fits)
+    fits = check_fits(fits)
     check_positive("max_elements", max_elements, integer=True)
     if not 0 < interval < 1:
         raise InvalidInputError(f"interval must lie in (0, 1), got {interval!r}")
     draws = {name: posterior_draws(fit, num_samples, seed) for name, fit in fits.items()}
-    var_names = _check_var_names(draws, var_names)
+    var_names = check_var_names(draws, var_names)
     per_fit = {name: dict(flat_elements(d, var_names)) for name, d in draws.items()}
     labels = list(next(iter(per_fit.values())))
     shown = labels[:max_elements]
@@ -100,8 +102,9 @@ def plot_posteriors(fits, var_names=None, *, num_samples=1000, seed=0, max_eleme
     if figsize is None:
         figsize = (3.2 * ncols, 2.4 * nrows + forest_height)
     fig = Figure(figsize=figsize, layout="constrained")
-    grid = fig.add_gridspec(nrows + bool(forest), ncols,
-                            height_ratios=[2.4] * nrows + ([forest_height] if forest else []))
+    grid = fig.add_gridspec(
+        nrows + bool(forest), ncols, height_ratios=[2.4] * nrows + ([forest_height] if forest else [])
+    )
     for j, label in enumerate(shown):
         ax = fig.add_subplot(grid[j // ncols, j % ncols])
         _densities(ax, {name: per_fit[name][label] for name in fits})
@@ -161,5 +164,6 @@ def save_figure(fig, path, dpi=110):
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())

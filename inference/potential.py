@@ -23,17 +23,25 @@ the values differ, the eager potential (Pyro + autograd at every call) is used a
 ``note``. Pass ``compile=False`` for models whose results depend on latent values in ways neither
 reveals (a value read through a path the tracer cannot see).
 """
+
+import contextlib
+
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_median, init_to_value
+from pyro.infer.mcmc.util import initialize_model
 
 from .capture import CaptureError, capture
+from .errors import InvalidInputError
+from .init import improper_priors_start_at_zero
 
 # How far the compiled graph may differ from Pyro's own potential (relative, both U and dU/dz): rounding
 # of the same operations in another order, far below any frozen-branch difference.
 _CHECK_RTOL = {torch.float64: 1e-7, torch.float32: 1e-3}
-_CHECK_POINTS = 3           # perturbed points besides the start
-_CHECK_SCALE = 0.3          # their distance from the start, per unconstrained coordinate
+_CHECK_POINTS = 3  # perturbed points besides the start
+_CHECK_SCALE = 0.3  # their distance from the start, per unconstrained coordinate
 
 
 def _is_linalg_failure(e):
@@ -94,10 +102,10 @@ class FlatPotential:
         return {n: self.transforms[n].inv(v) for n, v in self.unflatten(z).items()}
 
     def _eager(self, z):
-        with torch.enable_grad():   # callers may hold no_grad: the gradient is the point here
+        with torch.enable_grad():  # callers may hold no_grad: the gradient is the point here
             z = z.detach().requires_grad_(True)
             U = self.potential_fn(self.unflatten(z))
-            grad, = torch.autograd.grad(U, z)
+            (grad,) = torch.autograd.grad(U, z)
         return U.detach(), grad
 
     def compile(self):
@@ -108,14 +116,15 @@ class FlatPotential:
             return
         z0 = self._start
         try:
-            graph = capture(self._eager, (z0,))   # z -> (U, dU/dz), forward and backward as one graph
-        except CaptureError as e:   # any failure to capture only costs speed: fall back, say why
+            graph = capture(self._eager, (z0,))  # z -> (U, dU/dz), forward and backward as one graph
+        except CaptureError as e:  # any failure to capture only costs speed: fall back, say why
             self.note = f"not compiled, capture failed: {e}"
             return
 
         def fn(z):
             with torch.no_grad():
                 return graph.run(z)
+
         disagreement = self._check(fn, z0)
         if disagreement:
             self.note = f"not compiled: the captured graph differs from Pyro's potential {disagreement}"
@@ -125,14 +134,15 @@ class FlatPotential:
     def _check(self, fn, z0):
         """Where the graph and Pyro's potential differ, as text ("" where they agree at every point)."""
         g = torch.Generator().manual_seed(0)
-        points = [z0] + [z0 + _CHECK_SCALE * torch.randn(z0.shape, generator=g, dtype=z0.dtype)
-                         for _ in range(_CHECK_POINTS)]
+        points = [z0] + [
+            z0 + _CHECK_SCALE * torch.randn(z0.shape, generator=g, dtype=z0.dtype) for _ in range(_CHECK_POINTS)
+        ]
         rtol = _CHECK_RTOL.get(self.dtype, 1e-3)
         for i, z in enumerate(points):
             try:
                 with pyro.validation_enabled(False):
                     want = self._eager(z)
-            except Exception:       # outside the density's domain (a singular matrix): nothing to compare
+            except Exception:  # outside the density's domain (a singular matrix): nothing to compare
                 continue
             try:
                 got = fn(z)
@@ -160,3 +170,148 @@ class FlatPotential:
                 return np.inf, np.zeros_like(z)
             raise
         return float(U), grad.detach().to(torch.float64).numpy()
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """Within the block, torch's default dtype is ``dtype``."""
+    # constants the model creates (torch.tensor(1.), dist.Normal(0., 1.)) must match the data's dtype
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+class ModelPotential:
+    """U(u) of ``model(*data)`` on one flat unconstrained vector u (sites end to end, in trace order),
+    built the way Laplace and Pathfinder need it: data promoted to ``dtype``, a start at ``init`` or the
+    prior median, and every failure to start named.
+
+    Args:
+        model: the Pyro model; discrete sites with enumerable support are summed out.
+        data: tuple, the model's positional arguments.
+        dtype: torch dtype of U's computation (float64 for curvature and line searches).
+        init: optional {site: constrained value} start; other sites start at their prior median.
+        max_plate_nesting: plates to leave for enumeration; None finds it from one run.
+        seed: seeds Pyro's RNG for the prior-median start.
+
+    Attributes:
+        flat: the :class:`FlatPotential` (layout, compiled value and gradient).
+        sites: {site: slice of u}; dim: d; start: u at the start [d]; init_missing: sites not in ``init``.
+        potential_fn, transforms: Pyro's potential and the sites' transforms.
+    """
+
+    def __init__(self, model, data, dtype, init, max_plate_nesting, seed):
+        self.dtype = dtype
+        data = tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in data)
+        values = {k: torch.as_tensor(v, dtype=dtype) for k, v in (init or {}).items()}
+        strategy = _init_to_values_in_support(values) if values else init_to_median()
+        where = f"init={sorted(values)}" if values else "the prior median"
+        pyro.set_rng_seed(seed)
+        with default_dtype(dtype), improper_priors_start_at_zero():
+            try:
+                if max_plate_nesting is None:
+                    max_plate_nesting = _max_plate_nesting(model, data, strategy)
+                params, self.potential_fn, self.transforms, trace = initialize_model(
+                    model, data, max_plate_nesting=max_plate_nesting, init_strategy=strategy
+                )
+            except NotImplementedError as e:
+                if "subsample" in str(e):
+                    raise InvalidInputError(f"laplace needs the full data set: {e}") from None
+                first_line = str(e).splitlines()[0]
+                raise InvalidInputError(
+                    f"the model cannot start at {where}: {first_line}; give "
+                    "init={site: value} for sites whose prior cannot be sampled"
+                ) from None
+            except ValueError as e:
+                if isinstance(e, InvalidInputError):
+                    raise
+                if "valid initial params" in str(e):
+                    e = "its log density is not finite there"
+                raise InvalidInputError(f"the model cannot be evaluated at {where}: {e}") from None
+        names = [n for n, site in trace.nodes.items() if n in self.transforms]
+        if not names:
+            discrete = [
+                n
+                for n, s in trace.nodes.items()
+                if s["type"] == "sample" and not s["is_observed"] and getattr(s["fn"], "has_enumerate_support", False)
+            ]
+            extra = f" (its only latent sites {discrete} are discrete and summed out)" if discrete else ""
+            raise InvalidInputError(
+                f"the model has no continuous latent sample sites{extra}: "
+                "there is no posterior for laplace to approximate"
+            )
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise InvalidInputError(
+                f"init names {unknown}, which are not latent sites of the model (latent sites: {names})"
+            )
+        missing = [n for n in names if n not in values]
+        self.init_missing = missing
+        # the flat layout (and, for the k-hat draws, the compiled potential) of inference.potential
+        with default_dtype(dtype):
+            self.flat = FlatPotential(self.potential_fn, self.transforms, params, names, compile=False)
+        self.sites, self.dim = self.flat.slices, self.flat.dim
+        self.start = self.flat.flatten(params).to(dtype)
+
+    def unflatten(self, u):
+        """Flat u [..., d] -> {site: unconstrained tensor [..., *shape]}."""
+        return self.flat.unflatten(u)
+
+    def __call__(self, u):
+        with default_dtype(self.dtype):
+            return self.potential_fn(self.unflatten(u))
+
+    def many(self, u):
+        """U at each row of u [n, d] -> [n], without gradients. (A row at a time: Pyro's tracing reads
+        ``tensor.data``, which torch.func.vmap forbids; the potential compiled on the first call makes a
+        row cheap. L-BFGS's few dozen calls do not repay a capture.)"""
+        with default_dtype(self.dtype), pyro.validation_enabled(False), torch.no_grad():
+            self.flat.compile()
+            values = [self.flat.value_and_grad(x.to(self.flat.dtype))[0] for x in u]
+        return torch.stack(values).to(self.dtype)
+
+    def constrain(self, u):
+        """Flat u [..., d] -> {site: constrained value [..., *site_shape]}."""
+        return self.flat.constrain(u)
+
+    def sites_where(self, mask):
+        """Names of the sites whose slice of a boolean [d] mask has any True."""
+        return [n for n, s in self.sites.items() if bool(mask[s].any())]
+
+
+def _max_plate_nesting(model, data, strategy):
+    """How many plates nest in ``model``, from one run at the initial point (as Pyro guesses it, but
+    without sampling from the priors, which an improper prior cannot do)."""
+    with poutine.block():
+        trace = poutine.trace(InitMessenger(strategy)(model)).get_trace(*data)
+    dims = [
+        frame.dim
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return -min(dims) if dims else 0
+
+
+def _init_to_values_in_support(values):
+    """Pyro init strategy: the given constrained values (checked against each site's support), else
+    the prior median."""
+    given = init_to_value(values=values, fallback=init_to_median())
+
+    def strategy(site):
+        name, support, shape = site["name"], site["fn"].support, site["fn"].shape()
+        if name in values and values[name].shape != shape:
+            raise InvalidInputError(
+                f"init[{name!r}] has shape {tuple(values[name].shape)}, but site {name!r} has shape {tuple(shape)}"
+            )
+        if name in values and not bool(support.check(values[name]).all()):
+            raise InvalidInputError(
+                f"init[{name!r}] = {values[name].tolist()} lies outside the support {support} of site {name!r}"
+            )
+        return given(site)
+
+    return strategy

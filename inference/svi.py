@@ -35,6 +35,7 @@ steps of the Laplace posterior sds (so ``lr`` is a fraction of a posterior sd, o
 rate anneals to ``lr / 100`` on a cosine (``schedule="cosine"``). The fit ends with its verdict
 (:mod:`inference.verdict`): the loss must have settled, and the guide's PSIS k-hat must not exceed 0.7.
 """
+
 import contextlib
 import copy
 import math
@@ -46,68 +47,40 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
-from pyro.poutine.messenger import Messenger
 from tqdm import tqdm
 
 from . import distributed as _dist
 from . import optim as _optim
 from . import verdict
-from .capture import CaptureError, CapturedStep
+from .batches import Batches, EarlyStopping
+from .capture import CapturedStep, CaptureError
 from .checkpoint import load_checkpoint, save_checkpoint
-from .draws import (can_vectorize, guide_sampler, has_point_masses, importance_weights, local_latents,
-                    seeded)
-from .errors import (MODEL_ERRORS, CheckpointError, InvalidInputError, NonFiniteError, ZooError,
-                     check_choice, check_data, check_positive, model_error)
-from .init import (can_start_from_laplace, guide_start, improper_priors_start_at_zero,
-                   start_from_laplace)
+from .common import show_progress
+from .draws import can_vectorize, guide_sampler, has_point_masses, importance_weights, local_latents
+from .errors import (
+    MODEL_ERRORS,
+    CheckpointError,
+    InferenceError,
+    InvalidInputError,
+    NonFiniteError,
+    check_choice,
+    check_data,
+    check_positive,
+    model_error,
+)
+from .init import can_start_from_laplace, guide_start, improper_priors_start_at_zero, start_from_laplace
+from .objectives import make_elbo, scale_plate
 from .result import Fit
 
 __all__ = ["SVI", "SVIState", "CompileNotice", "svi", "judge", "make_elbo", "scale_plate"]
 
 INITS = ("auto", "laplace", "guide")
 COMPILES = ("auto", "torchscript", "inductor", False)
-KHAT_DRAWS = 4000       # draws behind the verdict's k-hat (its Pareto fit uses the largest ~190 weights)
+KHAT_DRAWS = 4000  # draws behind the verdict's k-hat (its Pareto fit uses the largest ~190 weights)
 LOOP_KHAT_DRAWS = 1000  # ... where the draws cannot be vectorised and are taken one at a time
 MEANFIELD_LIMIT = 0.75  # smallest ratio of a mean-field sd to the marginal sd it stands for
 CHECKPOINT_FORMAT = "pyro-zoo/svi/2"
-
-# The ELBO estimators by name. "jit-<name>" is the same estimator with its step compiled by TorchScript
-# (compile="torchscript"), the name older scripts used for a compiled step.
-ELBOS = {
-    "trace": Trace_ELBO,
-    "meanfield": TraceMeanField_ELBO,
-    "tracegraph": TraceGraph_ELBO,
-    "enum": TraceEnum_ELBO,
-}
-ELBO_NAMES = (*ELBOS, *(f"jit-{name}" for name in ELBOS))
-
-
-def make_elbo(name, *, num_particles=1, max_plate_nesting=None, vectorize_particles=False):
-    """A Pyro ELBO by name (one of ``ELBO_NAMES``; "jit-" names give the same estimator)."""
-    check_choice("elbo", name, ELBO_NAMES)
-    check_positive("num_particles", num_particles, integer=True)
-    kwargs = dict(num_particles=num_particles, vectorize_particles=vectorize_particles)
-    if max_plate_nesting is not None:
-        kwargs["max_plate_nesting"] = max_plate_nesting
-    return ELBOS[name.removeprefix("jit-")](**kwargs)
-
-
-class scale_plate(Messenger):
-    """Multiply the log-density of every sample site inside the plate named ``name`` by ``scale``.
-
-    Records in ``self.hit`` whether any site was inside that plate, so a misnamed plate is caught.
-    """
-
-    def __init__(self, name, scale):
-        super().__init__()
-        self.name, self.scale, self.hit = name, scale, False
-
-    def _process_message(self, msg):
-        if msg["type"] == "sample" and any(f.name == self.name for f in msg["cond_indep_stack"]):
-            msg["scale"] = self.scale * msg["scale"]
-            self.hit = True
 
 
 @dataclass
@@ -126,6 +99,7 @@ class SVIState:
         captured: the compiled step over ``params`` (:class:`inference.capture.CapturedStep`), or None
             for the eager one. step_sds: {loc tensor: Laplace sds} the guide's mean steps in.
     """
+
     names: list
     params: list
     store: dict
@@ -143,25 +117,33 @@ class SVIState:
     def state_dict(self):
         """A snapshot in tensors and plain data only (``torch.load(weights_only=True)`` reads it), with the
         torch random state, so that a run continued from it repeats the uninterrupted run."""
-        return {"format": CHECKPOINT_FORMAT, "step": self.step, "names": self.names,
-                "params": [p.detach().cpu().clone() for p in self.params],
-                # copies: torch's optimizer state_dict refers to the tensors the next step updates
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                "scheduler": copy.deepcopy(self.scheduler.state_dict()) if self.scheduler is not None else None,
-                "batches": self.batches.state(), "torch_rng": torch.get_rng_state(),
-                "losses": torch.tensor(self.losses, dtype=torch.float64),
-                "val_losses": [[s, v] for s, v in self.val_losses], "tracker": self.tracker.state()}
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "names": self.names,
+            "params": [p.detach().cpu().clone() for p in self.params],
+            # copies: torch's optimizer state_dict refers to the tensors the next step updates
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": copy.deepcopy(self.scheduler.state_dict()) if self.scheduler is not None else None,
+            "batches": self.batches.state(),
+            "torch_rng": torch.get_rng_state(),
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "val_losses": [[s, v] for s, v in self.val_losses],
+            "tracker": self.tracker.state(),
+        }
 
     def load_state_dict(self, saved, where="the checkpoint"):
         """Continue from ``saved`` (a ``state_dict()``); CheckpointError if it belongs to another run."""
         if saved.get("format") != CHECKPOINT_FORMAT or saved.get("names") != self.names:
-            raise CheckpointError(f"{where} was written by a different model/guide (parameters "
-                                  f"{saved.get('names')} != {self.names})")
+            raise CheckpointError(
+                f"{where} was written by a different model/guide (parameters {saved.get('names')} != {self.names})"
+            )
         with torch.no_grad():
             for p, value in zip(self.params, saved["params"]):
                 if p.shape != value.shape:
-                    raise CheckpointError(f"{where}: parameter shapes differ ({tuple(value.shape)} vs "
-                                          f"{tuple(p.shape)})")
+                    raise CheckpointError(
+                        f"{where}: parameter shapes differ ({tuple(value.shape)} vs {tuple(p.shape)})"
+                    )
                 p.copy_(value.to(p.device))
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scheduler is not None and saved["scheduler"] is not None:
@@ -179,7 +161,9 @@ class SVI:
 
     Args:
         model, guide: Pyro callables taking the data arguments.
-        elbo, num_particles, vectorize_particles, max_plate_nesting: the ELBO estimator (``ELBO_NAMES``).
+        elbo, num_particles, vectorize_particles, max_plate_nesting: the objective
+            (``inference.objectives.ELBO_NAMES``).
+        alpha: the order of elbo="renyi" (:func:`make_elbo`).
         optimizer, lr, momentum, weight_decay: see :mod:`inference.optim`.
         clip_norm: rescale the joint gradient to this Euclidean norm when it is larger.
         schedule, lr_min: learning-rate schedule (:func:`inference.optim.make_schedule`).
@@ -190,16 +174,41 @@ class SVI:
         grad_hook: ``grad_hook(params)`` after each step's gradients are computed.
     """
 
-    def __init__(self, model, guide, *, elbo="trace", num_particles=1, vectorize_particles=False,
-                 max_plate_nesting=None, optimizer="adam", lr=1e-2, momentum=0.9, weight_decay=0.0,
-                 clip_norm=None, schedule="cosine", lr_min=None, init="auto", compile="auto",
-                 subsample_plate="data", distributed=False, grad_hook=None):
+    def __init__(
+        self,
+        model,
+        guide,
+        *,
+        elbo="trace",
+        num_particles=1,
+        vectorize_particles=False,
+        max_plate_nesting=None,
+        alpha=None,
+        optimizer="adam",
+        lr=1e-2,
+        momentum=0.9,
+        weight_decay=0.0,
+        clip_norm=None,
+        schedule="cosine",
+        lr_min=None,
+        init="auto",
+        compile="auto",
+        subsample_plate="data",
+        distributed=False,
+        grad_hook=None,
+    ):
         self.model, self.guide = model, guide
-        self.loss_fn = make_elbo(elbo, num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-                                 vectorize_particles=vectorize_particles)
+        self.loss_fn = make_elbo(
+            elbo,
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            alpha=alpha,
+        )
         self.elbo, self.max_plate_nesting = elbo, max_plate_nesting
-        _optim.make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], lr=lr, momentum=momentum,
-                              weight_decay=weight_decay)              # checks the settings now
+        _optim.make_optimizer(
+            optimizer, [torch.zeros(1, requires_grad=True)], lr=lr, momentum=momentum, weight_decay=weight_decay
+        )  # checks the settings now
         self.optimizer, self.lr, self.momentum, self.weight_decay = optimizer, lr, momentum, weight_decay
         self.clip_norm = None if clip_norm is None else check_positive("clip_norm", clip_norm)
         self.schedule, self.lr_min = schedule, lr_min
@@ -226,7 +235,7 @@ class SVI:
             ``update`` and ``evaluate`` enter where it is not the active one).
         """
         check_data(data)
-        batches = _Batches(data, batch_size, seed, data_size)
+        batches = Batches(data, batch_size, seed, data_size)
         store = pyro.get_param_store()
         pyro.set_rng_seed(seed)
         # The first pass creates the parameters (Pyro creates them lazily), so the optimizer can own them.
@@ -237,39 +246,58 @@ class SVI:
         except MODEL_ERRORS as e:
             raise model_error(e, "on the data") from e
         if batch_size is not None and not scaler.hit:
-            raise InvalidInputError(f"batch_size was given, but no sample site of the model or guide is "
-                                    f"inside a pyro.plate named {self.subsample_plate!r} (subsample_plate)")
+            raise InvalidInputError(
+                f"batch_size was given, but no sample site of the model or guide is "
+                f"inside a pyro.plate named {self.subsample_plate!r} (subsample_plate)"
+            )
         names = sorted(capture.trace.nodes)
         if not names:
-            raise InvalidInputError("neither the model nor the guide has parameters: there is nothing "
-                                    "for SVI to fit")
+            raise InvalidInputError("neither the model nor the guide has parameters: there is nothing for SVI to fit")
         params = [store.get_param(n).unconstrained() for n in names]
-        step_sds, info = _start(self.init_from, self.model, self.guide, data, batch_size,
-                                self.distributed, self.max_plate_nesting, seed)
-        opt = _optim.make_optimizer(self.optimizer, params, lr=self.lr, momentum=self.momentum,
-                                    weight_decay=self.weight_decay)
+        step_sds, info = _start(
+            self.init_from, self.model, self.guide, data, batch_size, self.distributed, self.max_plate_nesting, seed
+        )
+        opt = _optim.make_optimizer(
+            self.optimizer, params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
         sched = _optim.make_schedule(self.schedule, opt, steps=steps, lr_min=self.lr_min)
         captured, info["step"] = self._compiled_step(params, batches, steps)
-        return SVIState(names=names, params=params, store=store.get_state(), optimizer=opt,
-                        scheduler=sched, batches=batches, tracker=None, info=info, captured=captured,
-                        step_sds=step_sds)
+        return SVIState(
+            names=names,
+            params=params,
+            store=store.get_state(),
+            optimizer=opt,
+            scheduler=sched,
+            batches=batches,
+            tracker=None,
+            info=info,
+            captured=captured,
+            step_sds=step_sds,
+        )
 
     def _compiled_step(self, params, batches, steps):
         """(the captured step or None, what ran: "torchscript", "inductor" or "eager (why)")."""
         if self.compile is False:
             return None, "eager"
-        reason = "distributed: gradients are averaged by hooks on the backward pass" if self.distributed \
-            else None
+        reason = "distributed: gradients are averaged by hooks on the backward pass" if self.distributed else None
         if reason is None:
             try:
-                step = CapturedStep(self.loss_fn, self.model, self.guide, params, batches.first(),
-                                    backend=self.compile, calls=steps,
-                                    context=lambda: batches.scaled(self.subsample_plate))
+                step = CapturedStep(
+                    self.loss_fn,
+                    self.model,
+                    self.guide,
+                    params,
+                    batches.first(),
+                    backend=self.compile,
+                    calls=steps,
+                    context=lambda: batches.scaled(self.subsample_plate),
+                )
                 return step, step.backend
             except CaptureError as e:
                 reason = str(e)
-        warnings.warn(f"svi: running the eager step, the compiled one does not apply ({reason})",
-                      CompileNotice, stacklevel=4)
+        warnings.warn(
+            f"svi: running the eager step, the compiled one does not apply ({reason})", CompileNotice, stacklevel=4
+        )
         return None, f"eager ({reason})"
 
     def update(self, state):
@@ -283,7 +311,7 @@ class SVI:
         """
         batch = state.batches.next()
         try:
-            if state.captured is not None:     # the graph holds the parameters and the minibatch scale
+            if state.captured is not None:  # the graph holds the parameters and the minibatch scale
                 loss, norm = state.captured(batch).tolist()
             else:
                 with _scope(state), state.batches.scaled(self.subsample_plate):
@@ -300,20 +328,31 @@ class SVI:
             norm = float(_optim.grad_norm(state.params))
         if not (math.isfinite(loss) and math.isfinite(norm)):
             state.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteError(_nonfinite_message(state.step, loss, norm, self.model, self.guide, batch,
-                                                    state.names, state.params, state.batches,
-                                                    self.subsample_plate))
+            raise NonFiniteError(
+                _nonfinite_message(
+                    state.step,
+                    loss,
+                    norm,
+                    self.model,
+                    self.guide,
+                    batch,
+                    state.names,
+                    state.params,
+                    state.batches,
+                    self.subsample_plate,
+                )
+            )
         if self.clip_norm is not None:
             _optim.clip_grad_norm(state.params, self.clip_norm, torch.tensor(norm))
         if state.step_sds:
             before = [p.detach().clone() for p in state.step_sds]
         state.optimizer.step()
         if state.step_sds:
-            with torch.no_grad():   # the mean's step, lr x (Adam's unit step), in posterior sds
+            with torch.no_grad():  # the mean's step, lr x (Adam's unit step), in posterior sds
                 for (p, sd), b in zip(state.step_sds.items(), before):
                     p.sub_(b).mul_(sd).add_(b)
-        for p in state.params:   # zero_grad(set_to_none=True) without the profiler record torch.optim
-            p.grad = None        # wraps it in, which shows in the time of a small compiled step
+        for p in state.params:  # zero_grad(set_to_none=True) without the profiler record torch.optim
+            p.grad = None  # wraps it in, which shows in the time of a small compiled step
         if state.scheduler is not None:
             state.scheduler.step()
         state.losses.append(loss)
@@ -324,8 +363,7 @@ class SVI:
         """Negative ELBO of held-out ``data`` on the training data's scale (sites in the subsample plate x
         N_train / N_held-out), in chunks of the batch size; averaged over ranks when distributed."""
         with _scope(state):
-            loss = _heldout_loss(self.loss_fn, self.model, self.guide, data, state.batches,
-                                 self.subsample_plate)
+            loss = _heldout_loss(self.loss_fn, self.model, self.guide, data, state.batches, self.subsample_plate)
         return _dist.mean(loss) if self.distributed else loss
 
 
@@ -341,12 +379,42 @@ class CompileNotice(UserWarning):
     """The compiled SVI step does not apply to this model; the eager step runs (the message says why)."""
 
 
-def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2, elbo="trace",
-        num_particles=1, vectorize_particles=False, momentum=0.9, weight_decay=0.0, clip_norm=None,
-        schedule="cosine", lr_min=None, init="auto", compile="auto", batch_size=None, subsample_plate="data",
-        data_size=None, validation_data=None, eval_every=None, patience=None, min_delta=1e-4,
-        max_plate_nesting=None, seed=0, progress=None, callback=None, grad_hook=None,
-        checkpoint=None, checkpoint_every=None, resume=False, distributed=False):
+def svi(
+    model,
+    guide,
+    *data,
+    steps=1000,
+    epochs=None,
+    optimizer="adam",
+    lr=1e-2,
+    elbo="trace",
+    num_particles=1,
+    vectorize_particles=False,
+    alpha=None,
+    momentum=0.9,
+    weight_decay=0.0,
+    clip_norm=None,
+    schedule="cosine",
+    lr_min=None,
+    init="auto",
+    compile="auto",
+    batch_size=None,
+    subsample_plate="data",
+    data_size=None,
+    validation_data=None,
+    eval_every=None,
+    patience=None,
+    min_delta=1e-4,
+    max_plate_nesting=None,
+    seed=0,
+    progress=None,
+    callback=None,
+    grad_hook=None,
+    checkpoint=None,
+    checkpoint_every=None,
+    resume=False,
+    distributed=False,
+):
     """Fit ``guide`` to ``model`` by stochastic gradient ascent on the ELBO.
 
     Args:
@@ -357,7 +425,10 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         optimizer, lr, momentum, weight_decay: see :mod:`inference.optim` (sgd, momentum, nesterov,
             rmsprop, adam, clipped-adam).
         elbo, num_particles, vectorize_particles, max_plate_nesting: the ELBO estimator (trace,
-            meanfield, tracegraph, enum; a "jit-" prefix asks for compile="torchscript").
+            meanfield, tracegraph, enum; a "jit-" prefix asks for compile="torchscript"), or a tighter
+            bound with K = num_particles draws: "renyi" (Rényi's α bound, α = ``alpha``) or "iwae" (α = 0),
+            per data point in a VAE (:class:`RenyiELBO`); their loss is −L_α, not the negative ELBO.
+        alpha: the order of elbo="renyi", >= 0 and != 1 (α < 1 gives wider, mass-covering guides).
         clip_norm: rescale the joint gradient to this Euclidean norm when it is larger.
         schedule, lr_min: learning-rate schedule (constant or None, exponential, step, cosine, or a
             callable); the default anneals on a cosine from lr to lr_min (lr / 100).
@@ -410,19 +481,34 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         or infinite, naming the step and the sites (the parameters keep their last finite values).
     """
     check_data(data)
-    run = SVI(model, guide, elbo=elbo, num_particles=num_particles, vectorize_particles=vectorize_particles,
-              max_plate_nesting=max_plate_nesting, optimizer=optimizer, lr=lr, momentum=momentum,
-              weight_decay=weight_decay, clip_norm=clip_norm, schedule=schedule, lr_min=lr_min, init=init,
-              compile=compile, subsample_plate=subsample_plate, distributed=distributed, grad_hook=grad_hook)
+    run = SVI(
+        model,
+        guide,
+        elbo=elbo,
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
+        max_plate_nesting=max_plate_nesting,
+        alpha=alpha,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        clip_norm=clip_norm,
+        schedule=schedule,
+        lr_min=lr_min,
+        init=init,
+        compile=compile,
+        subsample_plate=subsample_plate,
+        distributed=distributed,
+        grad_hook=grad_hook,
+    )
     if epochs is not None:
         if batch_size is None:
             raise InvalidInputError("epochs needs batch_size; without minibatches use steps")
-        steps = check_positive("epochs", epochs, integer=True) * _Batches(data, batch_size, seed,
-                                                                          data_size).per_epoch
+        steps = check_positive("epochs", epochs, integer=True) * Batches(data, batch_size, seed, data_size).per_epoch
     check_positive("steps", steps, integer=True)
     if validation_data is not None:
-        validation_data = tuple(validation_data) if isinstance(validation_data, (tuple, list)) \
-            else (validation_data,)
+        validation_data = tuple(validation_data) if isinstance(validation_data, (tuple, list)) else (validation_data,)
         check_data(validation_data, "validation_data argument")
     if patience is not None:
         check_positive("patience", patience, integer=True)
@@ -434,7 +520,7 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
     store = pyro.get_param_store()
     with store.scope() as scope:
         state = run.init(*data, steps=steps, batch_size=batch_size, data_size=data_size, seed=seed)
-        state.tracker = _EarlyStopping(patience, min_delta)
+        state.tracker = EarlyStopping(patience, min_delta)
         if eval_every is None:
             eval_every = state.batches.per_epoch if batch_size else 100
         check_positive("eval_every", eval_every, integer=True)
@@ -442,8 +528,14 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
             _resume(state, checkpoint, distributed)
 
         quiet = distributed and _dist.rank() != 0
-        bar = tqdm(total=steps, initial=state.step, disable=quiet or _no_progress(progress), desc="svi",
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=steps,
+            initial=state.step,
+            disable=quiet or show_progress(progress),
+            desc="svi",
+            dynamic_ncols=True,
+            leave=False,
+        )
         t0 = time.perf_counter()
         stopped = None
         while state.step < steps:
@@ -460,8 +552,9 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
                     bar.set_postfix(loss=f"{loss:.5g}", heldout=f"{val:.5g}", refresh=False)
                 else:
                     val = float(np.mean(state.losses[-eval_every:]))
-                done = state.tracker.update(state.step, val, state.params,
-                                            keep_best=validation_data is not None) or done
+                done = (
+                    state.tracker.update(state.step, val, state.params, keep_best=validation_data is not None) or done
+                )
             if checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0:
                 _save(checkpoint, state, distributed)
             if done:
@@ -478,16 +571,29 @@ def svi(model, guide, *data, steps=1000, epochs=None, optimizer="adam", lr=1e-2,
         constrained = {n: store[n].detach().clone() for n in state.names}
 
     point_mass = has_point_masses(guide, data, scope)
-    skipped = ("the guide is a point estimate (Delta): it has no density to weigh" if point_mass else
-               local_latents(guide, data, scope, subsample_plate))
+    skipped = (
+        "the guide is a point estimate (Delta): it has no density to weigh"
+        if point_mass
+        else local_latents(guide, data, scope, subsample_plate)
+    )
     fit = Fit(
-        method="svi", losses=np.asarray(state.losses), seconds=seconds, params=constrained,
-        diagnostics={"stopped_at": stopped, "best_step": state.tracker.best_step, **state.info,
-                     "vectorized_weights": not point_mass and can_vectorize(model, guide, data, scope, elbo),
-                     "validation_losses": state.val_losses, "elbo": elbo, "optimizer": optimizer},
+        method="svi",
+        losses=np.asarray(state.losses),
+        seconds=seconds,
+        params=constrained,
+        diagnostics={
+            "stopped_at": stopped,
+            "best_step": state.tracker.best_step,
+            **state.info,
+            "vectorized_weights": not point_mass and can_vectorize(model, guide, data, scope, elbo),
+            "validation_losses": state.val_losses,
+            "elbo": elbo,
+            "optimizer": optimizer,
+        },
         draw=guide_sampler(guide, data, scope),
-        importance=None if point_mass else importance_weights(model, guide, data, scope, elbo,
-                                                              max_plate_nesting),
+        importance=None if point_mass else importance_weights(model, guide, data, scope, elbo, max_plate_nesting),
+        model=model,
+        data=data,
     )
     return judge(fit, skipped)
 
@@ -501,15 +607,19 @@ def _save(path, state, distributed=False):
 
 
 def _rank_state(batches):
-    return {"batches": {k: v.cpu() if torch.is_tensor(v) else v for k, v in batches.state().items()},
-            "torch_rng": torch.get_rng_state()}
+    return {
+        "batches": {k: v.cpu() if torch.is_tensor(v) else v for k, v in batches.state().items()},
+        "torch_rng": torch.get_rng_state(),
+    }
 
 
 def _resume(state, path, distributed):
     """Continue ``state`` from the checkpoint at ``path`` if there is one (read by rank 0 and sent to all
     ranks when distributed; each rank then takes its own minibatch and random state from it)."""
+
     def read():
         return load_checkpoint(path) if _exists(path) else None
+
     saved = _dist.on_rank0(read) if distributed else read()
     if saved is None:
         return
@@ -517,8 +627,10 @@ def _resume(state, path, distributed):
     if distributed:
         ranks = saved.get("ranks") or [None]
         if len(ranks) != _dist.world_size():
-            raise CheckpointError(f"checkpoint {str(path)!r} was written by {len(ranks)} process(es); resume it "
-                                  f"with the same number (now {_dist.world_size()})")
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} was written by {len(ranks)} process(es); resume it "
+                f"with the same number (now {_dist.world_size()})"
+            )
         state.batches.load(ranks[_dist.rank()]["batches"])
         torch.set_rng_state(ranks[_dist.rank()]["torch_rng"])
 
@@ -541,8 +653,11 @@ def judge(fit, khat_skipped=None):
     else:
         fit.diagnostics["khat_skipped"] = khat_skipped
     fit.diagnostics["khat"] = khat
-    reasons = [reason, verdict.khat_reason(khat, "the guide", reweightable=fit.importance is not None),
-               _meanfield_reason(fit.diagnostics.get("meanfield_sd_ratio"))]
+    reasons = [
+        reason,
+        verdict.khat_reason(khat, "the guide", reweightable=fit.importance is not None),
+        _meanfield_reason(fit.diagnostics.get("meanfield_sd_ratio")),
+    ]
     if np.isfinite(khat) and khat <= verdict.KHAT_LIMIT:
         reasons.append(verdict.shift_reason(draws, log_weights, "the guide"))
     verdict.deliver(fit.method, fit.diagnostics, reasons, stacklevel=3)
@@ -553,8 +668,10 @@ def _meanfield_reason(ratio):
     """A mean-field guide cannot hold the posterior's correlations: at the Laplace fit, its best sds are
     1/sqrt(H_ii) against the marginal sds sqrt((H⁻¹)_ii) (MATH.md §1); too small a ratio is a warning."""
     if ratio is not None and ratio < MEANFIELD_LIMIT:
-        return (f"the posterior's correlations shrink a mean-field guide's sds to {ratio:.2f} of the marginal "
-                "sds (at the Laplace fit): use a fullrank or lowrank guide")
+        return (
+            f"the posterior's correlations shrink a mean-field guide's sds to {ratio:.2f} of the marginal "
+            "sds (at the Laplace fit): use a fullrank or lowrank guide"
+        )
     return None
 
 
@@ -564,124 +681,43 @@ def _start(init, model, guide, data, batch_size, distributed, max_plate_nesting,
     1/sqrt(H_ii) / sqrt((H⁻¹)_ii) of a mean-field sd to the marginal sd at the Laplace fit)."""
     if init == "guide":
         return {}, {"init": "guide"}
-    reason = ("minibatches: Laplace would need the full data" if batch_size is not None else
-              "distributed: each process holds a shard of the data" if distributed else
-              None if can_start_from_laplace(guide) else
-              f"{type(guide).__name__} is not a guide that starts from Laplace")
+    reason = (
+        "minibatches: Laplace would need the full data"
+        if batch_size is not None
+        else "distributed: each process holds a shard of the data"
+        if distributed
+        else None
+        if can_start_from_laplace(guide)
+        else f"{type(guide).__name__} is not a guide that starts from Laplace"
+    )
     if reason is None:
-        from .laplace import laplace   # laplace builds on svi's helpers: import here, not at the top
+        from .laplace import laplace  # laplace builds on svi's helpers: import here, not at the top
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", verdict.ConvergenceWarning)  # judged again after SVI
-                fit = laplace(model, *data, init=guide_start(guide), max_plate_nesting=max_plate_nesting,
-                              seed=seed, check=False)
+                fit = laplace(
+                    model, *data, init=guide_start(guide), max_plate_nesting=max_plate_nesting, seed=seed, check=False
+                )
             start = {"init": "laplace"}
             if isinstance(guide, (AutoNormal, AutoDiagonalNormal)):
                 H, cov = fit.diagnostics["hessian"], fit.diagnostics["covariance"]
                 start["meanfield_sd_ratio"] = float((H.diagonal() * cov.diagonal()).rsqrt().min())
             return start_from_laplace(guide, fit), start
-        except (ZooError, *MODEL_ERRORS) as e:
+        except (InferenceError, *MODEL_ERRORS) as e:
             reason = f"the Laplace fit failed: {e}"
     if init == "laplace":
         raise InvalidInputError(f"init='laplace' cannot be used: {reason}")
     return {}, {"init": f"guide ({reason})"}
 
 
-def _no_progress(progress):
-    return None if progress is None else not progress
-
-
 def _exists(path):
     from pathlib import Path
+
     return Path(path).is_file()
 
 
 # ---- internals -------------------------------------------------------------------------------------
-
-class _Batches:
-    """Epoch-wise shuffled minibatches of the tensor arguments (or the whole data when batch_size=None).
-
-    ``total`` is the full data-set size the plate's sites stand for (None when the arguments have no
-    common number of rows); ``scale`` = total / batch size is the factor applied to those sites.
-    """
-
-    def __init__(self, data, batch_size, seed, data_size):
-        self.data, self.batch_size = data, batch_size
-        sizes = {a.shape[0] if a.dim() else None for a in data if torch.is_tensor(a)}
-        self.n = sizes.pop() if len(sizes) == 1 else None
-        self.total = self.n if data_size is None else check_positive("data_size", data_size, integer=True)
-        self.per_epoch, self.scale = 1, 1.0
-        if batch_size is None:
-            return
-        check_positive("batch_size", batch_size, integer=True)
-        if self.n is None:
-            raise InvalidInputError(f"with batch_size every tensor data argument must have the same "
-                                    f"number of rows (dim 0); got sizes {sorted(map(str, sizes))}"
-                                    if sizes else "batch_size needs a tensor data argument to cut")
-        if self.n == 0:
-            raise InvalidInputError("the data are empty (0 rows)")
-        self.batch_size = min(batch_size, self.n)
-        self.per_epoch = self.n // self.batch_size   # drop the ragged last batch: constant shapes for jit
-        self.scale = self.total / self.batch_size
-        self.device = next(a for a in data if torch.is_tensor(a)).device
-        self.generator = torch.Generator().manual_seed(seed)
-        self.perm, self.pos = None, self.per_epoch
-
-    def first(self):
-        return self.data if self.batch_size is None else \
-            self._slice(torch.arange(self.batch_size, device=self.device))
-
-    def next(self):
-        if self.batch_size is None:
-            return self.data
-        if self.pos >= self.per_epoch:
-            self.perm = torch.randperm(self.n, generator=self.generator).to(self.device)
-            self.pos = 0
-        idx = self.perm[self.pos * self.batch_size:(self.pos + 1) * self.batch_size]
-        self.pos += 1
-        return self._slice(idx)
-
-    def _slice(self, idx):
-        return tuple(a[idx] if torch.is_tensor(a) else a for a in self.data)
-
-    def scaled(self, plate_name, scale=None):
-        return scale_plate(plate_name, self.scale if scale is None else scale)
-
-    def state(self):
-        if self.batch_size is None:
-            return {}
-        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
-
-    def load(self, state):
-        if self.batch_size is not None:
-            self.generator.set_state(state["generator"])
-            perm = state["perm"]
-            self.perm, self.pos = (None if perm is None else perm.to(self.device)), state["pos"]
-
-
-class _EarlyStopping:
-    """Stop after ``patience`` evaluations without a relative improvement of ``min_delta``."""
-
-    def __init__(self, patience, min_delta):
-        self.patience, self.min_delta = patience, min_delta
-        self.best, self.best_step, self.best_params, self.bad = math.inf, None, None, 0
-
-    def update(self, step, value, params, keep_best):
-        if value < self.best - self.min_delta * abs(self.best if math.isfinite(self.best) else value):
-            self.best, self.best_step, self.bad = value, step, 0
-            if keep_best:
-                self.best_params = [p.detach().clone() for p in params]
-        else:
-            self.bad += 1
-        return self.patience is not None and self.bad >= self.patience
-
-    def state(self):
-        return {"best": self.best, "best_step": self.best_step, "bad": self.bad,
-                "best_params": self.best_params}
-
-    def load(self, s):
-        self.best, self.best_step, self.bad, self.best_params = \
-            s["best"], s["best_step"], s["bad"], s["best_params"]
 
 
 def _heldout_loss(loss_fn, model, guide, data, batches, plate):
@@ -696,8 +732,7 @@ def _heldout_loss(loss_fn, model, guide, data, batches, plate):
         if n_val is None:
             return loss_fn.loss(model, guide, *data)
         for i in range(0, n_val, chunk):
-            loss += loss_fn.loss(model, guide, *(a[i:i + chunk] if torch.is_tensor(a) else a
-                                                 for a in data))
+            loss += loss_fn.loss(model, guide, *(a[i : i + chunk] if torch.is_tensor(a) else a for a in data))
     return loss
 
 

@@ -18,23 +18,21 @@ reasons come from three checks, each a standard one:
   tails, this the centre and the spread: a low-rank guide too narrow by a third can keep k-hat < 0.5).
 * MCMC's own: divergences, split R-hat and bulk ESS (in :mod:`inference.mcmc`).
 """
+
 import math
 import warnings
 
 import numpy as np
 
+from .common import az
 from .errors import ConvergenceWarning
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)  # arviz 0.23 announces its 1.0 refactor on import
-    import arviz as az
-
-KHAT_LIMIT = 0.7        # above it PSIS cannot rescue the approximation (Vehtari et al. 2024, §3)
-KHAT_GOOD = 0.5         # below it q is close enough to use as it is (Yao et al. 2018, §2.3)
-SHIFT_LIMIT = 0.1       # sds a reweighted mean may differ from q's own, beyond its Monte Carlo error
-SPREAD_LIMIT = 0.2      # |log| of the factor a reweighted sd may differ from q's by (about 22%): inside
-                        # the sd-ratio band [0.75, 1.3] that zoo benchmark calls accurate
-MIN_STEPS = 50          # a shorter trace cannot tell a trend from noise
+KHAT_LIMIT = 0.7  # above it PSIS cannot rescue the approximation (Vehtari et al. 2024, §3)
+KHAT_GOOD = 0.5  # below it q is close enough to use as it is (Yao et al. 2018, §2.3)
+SHIFT_LIMIT = 0.1  # sds a reweighted mean may differ from q's own, beyond its Monte Carlo error
+SPREAD_LIMIT = 0.2  # |log| of the factor a reweighted sd may differ from q's by (about 22%): inside
+# the sd-ratio band [0.75, 1.3] that zoo benchmark calls accurate
+MIN_STEPS = 50  # a shorter trace cannot tell a trend from noise
 
 
 def loss_settled(losses, tail=0.5, batches=5, z=3.0, floor=0.05):
@@ -61,13 +59,15 @@ def loss_settled(losses, tail=0.5, batches=5, z=3.0, floor=0.05):
     window = losses[-n:]
     if not np.isfinite(window).all():
         return False, "the loss is not finite at the end of the run"
-    halves = window.reshape(2, batches, -1).mean(-1)       # [half, batch]
+    halves = window.reshape(2, batches, -1).mean(-1)  # [half, batch]
     drop = halves[0].mean() - halves[1].mean()
     se = math.sqrt((halves.var(axis=1, ddof=1) / batches).sum())
     if drop > max(z * se, floor):
-        return False, (f"the loss was still falling at the end of the run ({drop:.3g} over the last "
-                       f"{n // 2} steps, {drop / se if se > 0 else math.inf:.1f} standard errors): "
-                       "give more steps, or a larger lr")
+        return False, (
+            f"the loss was still falling at the end of the run ({drop:.3g} over the last "
+            f"{n // 2} steps, {drop / se if se > 0 else math.inf:.1f} standard errors): "
+            "give more steps, or a larger lr"
+        )
     return True, None
 
 
@@ -103,11 +103,15 @@ def khat_reason(khat, what="q", reweightable=True):
         reweightable: whether the fit offers reweighted draws (the advice for 0.5 < k-hat <= 0.7).
     """
     if math.isfinite(khat) and khat > KHAT_LIMIT:
-        return (f"PSIS k-hat = {khat:.2f} > {KHAT_LIMIT}: {what} is far from the posterior where it "
-                "matters (try a richer guide, or check against nuts)")
+        return (
+            f"PSIS k-hat = {khat:.2f} > {KHAT_LIMIT}: {what} is far from the posterior where it "
+            "matters (try a richer guide, or check against nuts)"
+        )
     if math.isfinite(khat) and khat > KHAT_GOOD and reweightable:
-        return (f"PSIS k-hat = {khat:.2f} > {KHAT_GOOD}: {what} is biased; its reweighted draws, "
-                "fit.samples(n, reweight=True), can be used")
+        return (
+            f"PSIS k-hat = {khat:.2f} > {KHAT_GOOD}: {what} is biased; its reweighted draws, "
+            "fit.samples(n, reweight=True), can be used"
+        )
     return None
 
 
@@ -123,7 +127,7 @@ def weighted_shift(draws, log_weights):
         the largest absolute log of the ratio of weighted to plain sd; and the ESS of the smoothed weights.
     """
     smoothed, _, ess = psis(log_weights)
-    if not draws:   # a guide without latent sites of its own: nothing to move
+    if not draws:  # a guide without latent sites of its own: nothing to move
         return 0.0, 0.0, ess
     w = np.exp(smoothed)
     x = np.concatenate([np.asarray(v.detach().cpu().double()).reshape(len(w), -1) for v in draws.values()], 1)
@@ -147,12 +151,16 @@ def shift_reason(draws, log_weights, what="q"):
         return None
     error = 2 / math.sqrt(ess)
     if shift > SHIFT_LIMIT + error:
-        return (f"importance weights move a posterior mean by {shift:.2f} sd (> {SHIFT_LIMIT + error:.2f}): "
-                f"{what} is off centre; use fit.samples(n, reweight=True), or a richer approximation")
+        return (
+            f"importance weights move a posterior mean by {shift:.2f} sd (> {SHIFT_LIMIT + error:.2f}): "
+            f"{what} is off centre; use fit.samples(n, reweight=True), or a richer approximation"
+        )
     if math.isfinite(spread) and spread > SPREAD_LIMIT + error:
-        return (f"importance weights change a posterior sd by a factor {math.exp(spread):.2f} "
-                f"(> {math.exp(SPREAD_LIMIT + error):.2f}): {what} is too narrow or too wide; use "
-                "fit.samples(n, reweight=True), or a richer approximation")
+        return (
+            f"importance weights change a posterior sd by a factor {math.exp(spread):.2f} "
+            f"(> {math.exp(SPREAD_LIMIT + error):.2f}): {what} is too narrow or too wide; use "
+            "fit.samples(n, reweight=True), or a richer approximation"
+        )
     return None
 
 
@@ -169,6 +177,7 @@ def deliver(method, diagnostics, reasons, stacklevel=3):
     diagnostics["converged"] = not reasons
     diagnostics["warnings"] = reasons
     if reasons:
-        warnings.warn(f"{method}: the fit cannot be trusted: " + "; ".join(reasons),
-                      ConvergenceWarning, stacklevel=stacklevel + 1)
+        warnings.warn(
+            f"{method}: the fit cannot be trusted: " + "; ".join(reasons), ConvergenceWarning, stacklevel=stacklevel + 1
+        )
     return diagnostics

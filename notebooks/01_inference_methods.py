@@ -45,9 +45,9 @@ import inference
 import zoo
 from zoo.data import make_mixture
 
-QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"   # the test suite runs a smaller version
-STEPS = 2000 if QUICK else 5000                      # SVI steps
-DRAWS = 400 if QUICK else 2000                       # NUTS draws (and draws for the tables)
+QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"  # the test suite runs a smaller version
+STEPS = 2000 if QUICK else 5000  # SVI steps
+DRAWS = 400 if QUICK else 2000  # NUTS draws (and draws for the tables)
 torch.set_default_dtype(torch.float64)
 _ = torch.manual_seed(0)
 
@@ -79,12 +79,18 @@ def model(X, y):
         pyro.sample("y", dist.Normal(X @ w, sigma), obs=y)
 
 
-S_N = torch.linalg.inv(X.T @ X / sigma ** 2 + torch.eye(2) / s0 ** 2)
-m_N = S_N @ X.T @ y / sigma ** 2
+S_N = torch.linalg.inv(X.T @ X / sigma**2 + torch.eye(2) / s0**2)
+m_N = S_N @ X.T @ y / sigma**2
 posterior = dist.MultivariateNormal(m_N, S_N)
-log_evidence = dist.MultivariateNormal(torch.zeros(N), sigma ** 2 * torch.eye(N) + s0 ** 2 * X @ X.T).log_prob(y)
-print("posterior mean", m_N.numpy().round(3), " sds", S_N.diag().sqrt().numpy().round(3),
-      " correlation", round((S_N[0, 1] / S_N.diag().prod().sqrt()).item(), 3))
+log_evidence = dist.MultivariateNormal(torch.zeros(N), sigma**2 * torch.eye(N) + s0**2 * X @ X.T).log_prob(y)
+print(
+    "posterior mean",
+    m_N.numpy().round(3),
+    " sds",
+    S_N.diag().sqrt().numpy().round(3),
+    " correlation",
+    round((S_N[0, 1] / S_N.diag().prod().sqrt()).item(), 3),
+)
 print("log evidence log p(y) =", round(log_evidence.item(), 4))
 
 # %% [markdown]
@@ -103,6 +109,7 @@ print("log evidence log p(y) =", round(log_evidence.item(), 4))
 # The SVI fits use a learning rate that decays along a cosine from 0.05 to 0.001: with a constant rate
 # the parameters keep jittering around the optimum, driven by the noise of the one-sample gradient
 # (notebook 5 is about such choices).
+
 
 # %%
 def mean_field(X, y):
@@ -124,6 +131,7 @@ def exact_fit():
     def draw(num_samples, seed=0):
         eps = torch.randn(num_samples, 2, generator=torch.Generator().manual_seed(seed))
         return {"w": m_N + eps @ L.T}
+
     return inference.Fit(method="exact", losses=np.zeros(0), seconds=0.0, draw=draw)
 
 
@@ -132,13 +140,16 @@ with warnings.catch_warnings():
     # exact answer, so they are not printed here as they arise
     warnings.simplefilter("ignore", inference.ConvergenceWarning)
     fits = {
-        "SVI mean-field": inference.svi(model, mean_field, X, y, steps=STEPS, lr=0.05, schedule="cosine",
-                                        lr_min=1e-3, progress=False),
-        "SVI full-rank": inference.svi(model, full_rank, X, y, steps=STEPS, lr=0.05, schedule="cosine",
-                                       lr_min=1e-3, progress=False),
+        "SVI mean-field": inference.svi(
+            model, mean_field, X, y, steps=STEPS, lr=0.05, schedule="cosine", lr_min=1e-3, progress=False
+        ),
+        "SVI full-rank": inference.svi(
+            model, full_rank, X, y, steps=STEPS, lr=0.05, schedule="cosine", lr_min=1e-3, progress=False
+        ),
         "Laplace": inference.laplace(model, X, y),
-        "NUTS": inference.nuts(model, X, y, num_samples=DRAWS // 2, warmup_steps=DRAWS // 2, num_chains=2,
-                               progress=False),
+        "NUTS": inference.nuts(
+            model, X, y, num_samples=DRAWS // 2, warmup_steps=DRAWS // 2, num_chains=2, progress=False
+        ),
         "exact": exact_fit(),
     }
 for name, fit in fits.items():
@@ -156,13 +167,13 @@ fig
 # The marginals hide what went wrong; the joint shows it. Below: the exact posterior's 1- and
 # 2-sd ellipses, and draws from each approximation.
 
+
 # %%
 def ellipse(ax, mean, cov, **kw):
     vals, vecs = np.linalg.eigh(cov)
     angle = np.degrees(np.arctan2(vecs[1, -1], vecs[0, -1]))
     for k in (1, 2):
-        ax.add_patch(Ellipse(mean, 2 * k * np.sqrt(vals[-1]), 2 * k * np.sqrt(vals[0]), angle=angle,
-                             fill=False, **kw))
+        ax.add_patch(Ellipse(mean, 2 * k * np.sqrt(vals[-1]), 2 * k * np.sqrt(vals[0]), angle=angle, fill=False, **kw))
 
 
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.8), sharex=True, sharey=True)
@@ -193,6 +204,7 @@ plt.show()
 # $\log p(y)$ is *exactly* how far $q$ is from the posterior — which is why maximising the ELBO is
 # approximate inference.
 
+
 # %%
 def guide_distribution(fit):
     """The trained guide q(w) as a torch distribution, from the fitted parameters."""
@@ -216,11 +228,13 @@ for name in ("SVI mean-field", "SVI full-rank"):
     elbo, se = log_ratio.mean().item(), log_ratio.std().item() / math.sqrt(w.shape[0])
     kl = torch.distributions.kl_divergence(q, posterior).item()
     rows.append((name, elbo, kl))
-    print(f"{name:15s} ELBO = {elbo:8.4f} (± {se:.4f})   KL(q||p) = {kl:7.4f}   "
-          f"ELBO + KL = {elbo + kl:8.4f}   log p(y) = {log_evidence.item():8.4f}")
+    print(
+        f"{name:15s} ELBO = {elbo:8.4f} (± {se:.4f})   KL(q||p) = {kl:7.4f}   "
+        f"ELBO + KL = {elbo + kl:8.4f}   log p(y) = {log_evidence.item():8.4f}"
+    )
 print(f"Laplace's own estimate of log p(y): {fits['Laplace'].diagnostics['log_evidence']:.4f}")
 rho = (S_N[0, 1] / S_N.diag().prod().sqrt()).item()
-print(f"smallest KL any mean-field Gaussian can reach: -1/2 log(1 - rho^2) = {-0.5 * math.log(1 - rho ** 2):.4f}")
+print(f"smallest KL any mean-field Gaussian can reach: -1/2 log(1 - rho^2) = {-0.5 * math.log(1 - rho**2):.4f}")
 
 # %% [markdown]
 # Both sums hit $\log p(y)$ within Monte Carlo error, although the two guides split it very differently.
@@ -278,9 +292,16 @@ closed_form = zoo.GaussianMixture(3, init="random", seed=1, tol=0, max_iter=20).
 with warnings.catch_warnings():
     # tol=0 runs exactly 20 rounds, to compare the traces step by step: "not settled" is expected
     warnings.simplefilter("ignore", inference.ConvergenceWarning)
-    numerical = inference.variational_em(zoo.GaussianMixture(3, init="random", seed=1).model, None, mixture.X,
-                                         max_iter=20, tol=0, max_plate_nesting=1, progress=False)
-em_trace = closed_form.log_likelihood_trace_ * mixture.X.shape[0]     # per point -> total
+    numerical = inference.variational_em(
+        zoo.GaussianMixture(3, init="random", seed=1).to_pyro(mixture.X).model,
+        None,
+        mixture.X,
+        max_iter=20,
+        tol=0,
+        max_plate_nesting=1,
+        progress=False,
+    )
+em_trace = closed_form.log_likelihood_trace_ * mixture.X.shape[0]  # per point -> total
 vem_trace = -numerical.losses
 print("largest difference between the two traces:", np.abs(em_trace - vem_trace).max())
 fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -297,6 +318,7 @@ plt.show()
 # evidence is known in closed form for every $s_0$; the estimate should sit near its maximum (up to the
 # noise of stochastic E- and M-steps).
 
+
 # %%
 def model_eb(X, y):
     prior_scale = pyro.param("prior_scale", torch.tensor(1.0), constraint=constraints.positive)
@@ -309,11 +331,24 @@ rounds = 30 if QUICK else 80
 with warnings.catch_warnings():
     # tol=0: a fixed number of rounds, whose end the figure shows; "not settled" is expected
     warnings.simplefilter("ignore", inference.ConvergenceWarning)
-    eb = inference.variational_em(model_eb, full_rank, X, y, max_iter=rounds, e_steps=30, m_steps=30, lr=0.05,
-                                  m_step="adam", elbo="trace", tol=0, progress=False)
+    eb = inference.variational_em(
+        model_eb,
+        full_rank,
+        X,
+        y,
+        max_iter=rounds,
+        e_steps=30,
+        m_steps=30,
+        lr=0.05,
+        m_step="adam",
+        elbo="trace",
+        tol=0,
+        progress=False,
+    )
 grid = np.geomspace(0.1, 10, 200)
-evidence = [dist.MultivariateNormal(torch.zeros(N), sigma ** 2 * torch.eye(N) + s ** 2 * X @ X.T).log_prob(y).item()
-            for s in grid]
+evidence = [
+    dist.MultivariateNormal(torch.zeros(N), sigma**2 * torch.eye(N) + s**2 * X @ X.T).log_prob(y).item() for s in grid
+]
 s_hat = eb.params["prior_scale"].item()
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.semilogx(grid, evidence, label=r"$\log p(y; s_0)$ (closed form)")
@@ -339,8 +374,7 @@ plt.show()
 #    unnormalised $p(y, w)$, so it works on any model.
 
 # %%
-table = inference.compare({k: v for k, v in fits.items() if k != "exact"}, reference="NUTS",
-                          num_samples=DRAWS)
+table = inference.compare({k: v for k, v in fits.items() if k != "exact"}, reference="NUTS", num_samples=DRAWS)
 table.round(3)
 
 # %%
@@ -358,8 +392,14 @@ inference.summarize(table).round(3)
 
 # %%
 nuts = fits["NUTS"]
-print("R-hat", nuts.diagnostics["r_hat"]["w"].round(3), " ESS", nuts.diagnostics["ess_bulk"]["w"].round(0),
-      " divergences", nuts.diagnostics["num_divergences"])
+print(
+    "R-hat",
+    nuts.diagnostics["r_hat"]["w"].round(3),
+    " ESS",
+    nuts.diagnostics["ess_bulk"]["w"].round(0),
+    " divergences",
+    nuts.diagnostics["num_divergences"],
+)
 
 # %% [markdown]
 # The importance weights themselves show the difference: for the full-rank guide they cluster around
@@ -371,8 +411,11 @@ for i, name in enumerate(["SVI mean-field", "SVI full-rank"]):
     log_w = fits[name].log_weights(DRAWS, 0)
     ax.hist(log_w - log_evidence.item(), bins=40, alpha=0.6, color=f"C{i}", label=name)
 ax.axvline(0, color="k", ls="--", lw=1, label=r"$\log p(y)$")
-ax.set(xlabel=r"$\log p(y, w_s) - \log q(w_s) - \log p(y)$", ylabel="draws",
-       title="log importance weights, relative to the evidence")
+ax.set(
+    xlabel=r"$\log p(y, w_s) - \log q(w_s) - \log p(y)$",
+    ylabel="draws",
+    title="log importance weights, relative to the evidence",
+)
 ax.legend(fontsize=8)
 plt.show()
 

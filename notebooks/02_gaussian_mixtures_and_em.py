@@ -28,7 +28,6 @@
 
 # %%
 # %matplotlib inline
-import math
 import os
 import warnings
 
@@ -37,12 +36,13 @@ import numpy as np
 import torch
 from matplotlib.patches import Ellipse
 
+import inference
 import zoo
+from inference import ConvergenceWarning
 from zoo.data import make_mixture
-from zoo.gmm import ConvergenceWarning
 
-QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"   # the test suite runs a smaller version
-RESTARTS = 20 if QUICK else 100                      # seeds per initialisation scheme in section 4
+QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"  # the test suite runs a smaller version
+RESTARTS = 20 if QUICK else 100  # seeds per initialisation scheme in section 4
 torch.set_default_dtype(torch.float64)
 _ = torch.manual_seed(0)
 
@@ -67,11 +67,12 @@ _ = torch.manual_seed(0)
 #
 # ($\lambda$ is a small regulariser, scikit-learn's `reg_covar`; section 5 explains it.) In code:
 
+
 # %%
 def e_step(X, weights, means, covariances):
     """Responsibilities r [N, K] and the log-likelihood log p(X; θ)."""
     log_joint = weights.log() + torch.distributions.MultivariateNormal(means, covariances).log_prob(X[:, None, :])
-    log_px = torch.logsumexp(log_joint, dim=1)                 # log p(x_n) [N]
+    log_px = torch.logsumexp(log_joint, dim=1)  # log p(x_n) [N]
     return (log_joint - log_px[:, None]).exp(), log_px.sum().item()
 
 
@@ -79,7 +80,7 @@ def m_step(X, r, reg_covar=1e-6):
     """(π [K], μ [K, D], Σ [K, D, D]) maximising E_r[log p(X, z; θ)]."""
     Nk = r.sum(0)
     means = r.T @ X / Nk[:, None]
-    diff = X[:, None, :] - means                                # [N, K, D]
+    diff = X[:, None, :] - means  # [N, K, D]
     covariances = torch.einsum("nk,nki,nkj->kij", r, diff, diff) / Nk[:, None, None]
     return Nk / X.shape[0], means, covariances + reg_covar * torch.eye(X.shape[1])
 
@@ -94,7 +95,7 @@ def m_step(X, r, reg_covar=1e-6):
 data = make_mixture(n_samples=400, n_components=3, seed=0)
 X = data.X
 K = 3
-start_means = X[data.labels == 0][:3].clone()              # three points of the same cluster
+start_means = X[data.labels == 0][:3].clone()  # three points of the same cluster
 start_weights = torch.full((K,), 1 / K)
 start_covariances = torch.cov(X.T).expand(K, 2, 2).clone()
 
@@ -108,20 +109,28 @@ def draw_mixture(ax, X, r, weights, means, covariances, title):
         vals, vecs = np.linalg.eigh(covariances[k].numpy())
         angle = np.degrees(np.arctan2(vecs[1, -1], vecs[0, -1]))
         for n_sd in (1, 2):
-            ax.add_patch(Ellipse(means[k].numpy(), 2 * n_sd * np.sqrt(vals[-1]), 2 * n_sd * np.sqrt(vals[0]),
-                                 angle=angle, fill=False, lw=1.5 if n_sd == 1 else 0.7,
-                                 color=COLOURS[k % len(COLOURS)]))
+            ax.add_patch(
+                Ellipse(
+                    means[k].numpy(),
+                    2 * n_sd * np.sqrt(vals[-1]),
+                    2 * n_sd * np.sqrt(vals[0]),
+                    angle=angle,
+                    fill=False,
+                    lw=1.5 if n_sd == 1 else 0.7,
+                    color=COLOURS[k % len(COLOURS)],
+                )
+            )
         ax.plot(*means[k].numpy(), "x", color="k", ms=7)
     ax.set_title(title, fontsize=10)
     ax.set_aspect("equal")
 
 
 theta = (start_weights, start_means, start_covariances)
-history = []                     # (θ_t, r_t, log p(X; θ_t), F(q_t, θ_{t+1}))
+history = []  # (θ_t, r_t, log p(X; θ_t), F(q_t, θ_{t+1}))
 for t in range(31):
-    r, loglik = e_step(X, *theta)                      # E: q_t = p(z | X; θ_t), bound tight
-    new_theta = m_step(X, r)                           # M: θ_{t+1} maximises F(q_t, θ)
-    w, mu, cov = new_theta                             # F(q_t, θ_{t+1}) = E_q[log p(X, z; θ_{t+1})] + H[q_t]
+    r, loglik = e_step(X, *theta)  # E: q_t = p(z | X; θ_t), bound tight
+    new_theta = m_step(X, r)  # M: θ_{t+1} maximises F(q_t, θ)
+    w, mu, cov = new_theta  # F(q_t, θ_{t+1}) = E_q[log p(X, z; θ_{t+1})] + H[q_t]
     log_joint = w.log() + torch.distributions.MultivariateNormal(mu, cov).log_prob(X[:, None, :])
     bound = (r * log_joint).sum().item() - (r * r.clamp_min(1e-300).log()).sum().item()
     history.append((theta, r, loglik, bound))
@@ -147,12 +156,14 @@ plt.show()
 # parameters and the log-likelihood trace agree.
 
 # %%
-gmm = zoo.GaussianMixture(K, init=start_means, weights_init=start_weights, covariances_init=start_covariances,
-                          max_iter=30, tol=0).fit(X)
+gmm = zoo.GaussianMixture(
+    K, init=start_means, weights_init=start_weights, covariances_init=start_covariances, max_iter=30, tol=0
+).fit(X)
 ours = np.array([h[2] for h in history])
 print("largest difference of the means after 30 iterations:", (gmm.means_ - history[30][0][1]).abs().max().item())
-print("largest difference of the log-likelihood traces:   ",
-      np.abs(gmm.log_likelihood_trace_ * X.shape[0] - ours).max())
+print(
+    "largest difference of the log-likelihood traces:   ", np.abs(gmm.log_likelihood_trace_ * X.shape[0] - ours).max()
+)
 
 # %% [markdown]
 # ## 3. Why the log-likelihood never goes down
@@ -191,8 +202,10 @@ plt.show()
 
 # %%
 print("smallest increase of log p(X; θ) per iteration:", np.diff(ours).min(), "(negative only by round-off)")
-print("every log p(θ_t) <= F(q_t, θ_t+1) <= log p(θ_t+1):",
-      bool(np.all(ours[:-1] <= bounds[:-1] + 1e-9) and np.all(bounds[:-1] <= ours[1:] + 1e-9)))
+print(
+    "every log p(θ_t) <= F(q_t, θ_t+1) <= log p(θ_t+1):",
+    bool(np.all(ours[:-1] <= bounds[:-1] + 1e-9) and np.all(bounds[:-1] <= ours[1:] + 1e-9)),
+)
 
 # %% [markdown]
 # ## 4. Local optima, and the cure
@@ -219,8 +232,9 @@ runs = {}
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", ConvergenceWarning)
     for init in ("random", "kmeans++"):
-        runs[init] = [zoo.GaussianMixture(6, init=init, seed=s, max_iter=300, tol=1e-6).fit(six.X)
-                      for s in range(RESTARTS)]
+        runs[init] = [
+            zoo.GaussianMixture(6, init=init, seed=s, max_iter=300, tol=1e-6).fit(six.X) for s in range(RESTARTS)
+        ]
 best = max((g for fits in runs.values() for g in fits), key=lambda g: g.lower_bound_)
 worst = min(runs["random"], key=lambda g: g.lower_bound_)
 
@@ -233,8 +247,15 @@ axes[0].set(xlabel="final log-likelihood per point", ylabel="runs", title=f"{RES
 axes[0].legend(fontsize=8)
 COLOURS = plt.get_cmap("tab10")(np.arange(6))[:, :3]
 for ax, g, title in ((axes[1], worst, "worst random start"), (axes[2], best, "best")):
-    draw_mixture(ax, six.X, g.predict_proba(six.X), g.weights_, g.means_, g.covariances_,
-                 f"{title}: {g.lower_bound_:.3f} per point")
+    draw_mixture(
+        ax,
+        six.X,
+        g.predict_proba(six.X),
+        g.weights_,
+        g.means_,
+        g.covariances_,
+        f"{title}: {g.lower_bound_:.3f} per point",
+    )
 fig.tight_layout()
 plt.show()
 
@@ -267,14 +288,17 @@ lls = []
 for s in scales:
     weights = torch.cat([w3 * 0.99, torch.tensor([0.01])])
     means = torch.cat([mu3, spike_at[None]])
-    covs = torch.cat([cov3, (s ** 2 * torch.eye(2))[None]])
+    covs = torch.cat([cov3, (s**2 * torch.eye(2))[None]])
     lls.append(e_step(X, weights, means, covs)[1])
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.semilogx(scales, lls)
 ax.axhline(history[30][2], color="k", ls="--", lw=1, label="the 3-component fit")
 ax.invert_xaxis()
-ax.set(xlabel="sd s of a 4th component sitting on one data point", ylabel="log p(X)",
-       title="the likelihood grows without bound as s → 0")
+ax.set(
+    xlabel="sd s of a 4th component sitting on one data point",
+    ylabel="log p(X)",
+    title="the likelihood grows without bound as s → 0",
+)
 ax.legend(fontsize=8)
 plt.show()
 
@@ -288,24 +312,38 @@ plt.show()
 
 # %%
 stuck = torch.cat([X, X[:1].repeat(3, 1)])
-settings = dict(init=torch.cat([data.means, X[:1]]), weights_init=[0.3, 0.3, 0.3, 0.1],
-                covariances_init=torch.cat([data.covariances, 0.01 * torch.eye(2)[None]]), max_iter=100, tol=0)
+settings = dict(
+    init=torch.cat([data.means, X[:1]]),
+    weights_init=[0.3, 0.3, 0.3, 0.1],
+    covariances_init=torch.cat([data.covariances, 0.01 * torch.eye(2)[None]]),
+    max_iter=100,
+    tol=0,
+)
 try:
     zoo.GaussianMixture(4, reg_covar=0.0, **settings).fit(stuck)
-except zoo.gmm.InvalidInputError as e:
+except inference.InvalidInputError as e:
     print("reg_covar=0:", e)
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
 for ax, reg in zip(axes, (1e-6, 1e-3, 1e-1)):
     g = zoo.GaussianMixture(4, reg_covar=reg, **settings).fit(stuck)
     sd = g.covariances_[3].diagonal().sqrt().max().item()
-    draw_mixture(ax, stuck, g.predict_proba(stuck), g.weights_, g.means_, g.covariances_,
-                 f"reg_covar={reg:g}: 4th component sd {sd:.3f}\nlog p per point {g.lower_bound_:.4f}")
+    draw_mixture(
+        ax,
+        stuck,
+        g.predict_proba(stuck),
+        g.weights_,
+        g.means_,
+        g.covariances_,
+        f"reg_covar={reg:g}: 4th component sd {sd:.3f}\nlog p per point {g.lower_bound_:.4f}",
+    )
     ax.plot(*X[0].numpy(), "k*", ms=12, label="the stuck point (3 copies)")
     ax.set(xlim=(X[0, 0] - 1.5, X[0, 0] + 1.5), ylim=(X[0, 1] - 1.5, X[0, 1] + 1.5))
     ax.legend(fontsize=8, loc="upper right")
-    print(f"reg_covar={reg:g}: largest drop of the mean log-likelihood between iterations "
-          f"{max(-np.diff(g.log_likelihood_trace_).min(), 0):.1e}")
+    print(
+        f"reg_covar={reg:g}: largest drop of the mean log-likelihood between iterations "
+        f"{max(-np.diff(g.log_likelihood_trace_).min(), 0):.1e}"
+    )
 fig.tight_layout()
 plt.show()
 
@@ -315,7 +353,7 @@ plt.show()
 # drops printed above are far beyond round-off for $\lambda = 0.1$): the
 # regularised M-step adds $\lambda I$ *after* maximising, so it no longer maximises $F(q_t, \theta)$
 # exactly, and the guarantee of section 3 holds only up to that. (The principled version is a prior on
-# $\Sigma_k$ and a MAP M-step: then the log-*posterior* never goes down; `GaussianMixture.bayes_model` puts
+# $\Sigma_k$ and a MAP M-step: then the log-*posterior* never goes down; `PyroMixture.bayes_model` puts
 # such priors on all parameters for the Bayesian methods of notebook 1.)
 #
 # **Take-aways.** EM alternates a tight lower bound (E) and its maximisation (M); the likelihood climbs

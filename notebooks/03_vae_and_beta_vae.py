@@ -36,10 +36,11 @@ import torch
 
 import inference
 import zoo
-from zoo import metrics, vae as vae_plots
+from zoo import metrics
+from zoo import vae as vae_plots
 from zoo.data import SHAPES_FACTORS, shapes
 
-QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"   # the test suite runs a smaller version
+QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"  # the test suite runs a smaller version
 N_TRAIN = 3000 if QUICK else 20000
 EPOCHS = 8 if QUICK else 40
 BETAS = (1.0, 4.0) if QUICK else (1.0, 2.0, 4.0, 8.0)
@@ -95,7 +96,8 @@ for beta in BETAS:
         # short runs, to keep the notebook fast: the loss traces below show that it still falls
         warnings.simplefilter("ignore", inference.ConvergenceWarning)
         vaes[beta] = zoo.VAE(latent_dim=6, beta=beta, architecture="mlp").fit(
-            x_train, x_val=x_test, epochs=EPOCHS, batch_size=64, lr=1e-3, seed=0, progress=False)
+            x_train, x_val=x_test, epochs=EPOCHS, batch_size=64, lr=1e-3, seed=0, progress=False
+        )
     print(f"beta={beta:g}: {vaes[beta].fit_.seconds:.1f} s")
 
 # %% [markdown]
@@ -156,8 +158,9 @@ for i, part in enumerate(parts):
     values = np.array([splits[b][part] for b in BETAS])
     axes[0].bar(range(len(BETAS)), values, bottom=bottom, color=f"C{i}", label=labels[part])
     bottom += values
-axes[0].plot(range(len(BETAS)), [splits[b]["kl_exact"] for b in BETAS], "k_", ms=30, mew=2,
-             label="average KL (closed form)")
+axes[0].plot(
+    range(len(BETAS)), [splits[b]["kl_exact"] for b in BETAS], "k_", ms=30, mew=2, label="average KL (closed form)"
+)
 axes[0].set_xticks(range(len(BETAS)), [f"β = {b:g}" for b in BETAS])
 axes[0].set(ylabel="nats per image", title="the average KL and its parts")
 axes[0].legend(fontsize=8)
@@ -206,8 +209,11 @@ fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
 axes[0].plot([r[1] for r in rows], [r[2] for r in rows], "o-")
 for b, rec, score, _ in rows:
     axes[0].annotate(f"β = {b:g}", (rec, score), textcoords="offset points", xytext=(5, 5))
-axes[0].set(xlabel="reconstruction error −E log p(x|z) (nats per image, lower is better)",
-            ylabel="MIG (higher is more disentangled)", title="the trade-off")
+axes[0].set(
+    xlabel="reconstruction error −E log p(x|z) (nats per image, lower is better)",
+    ylabel="MIG (higher is more disentangled)",
+    title="the trade-off",
+)
 varying = [k for k in range(len(names)) if not np.isnan(rows[0][3][k])]
 width = 0.8 / len(rows)
 for i, (b, _, _, per_factor) in enumerate(rows):

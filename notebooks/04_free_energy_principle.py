@@ -39,8 +39,8 @@ import torch
 
 from zoo import fep
 
-QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"   # the test suite runs a smaller version
-RECORD = 20 if QUICK else 1                          # keep every RECORD-th time step of the simulations
+QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"  # the test suite runs a smaller version
+RECORD = 20 if QUICK else 1  # keep every RECORD-th time step of the simulations
 _ = torch.manual_seed(0)
 
 # %% [markdown]
@@ -83,8 +83,12 @@ v_p, s_p, s_z, phi_obs = 4.0, 0.1, 0.1, 20.0
 
 
 def energy_1d(theta):
-    return ((phi_obs - theta) ** 2 / (2 * s_z) + (theta - v_p) ** 2 / (2 * s_p)
-            + 0.5 * math.log(2 * math.pi * s_z) + 0.5 * math.log(2 * math.pi * s_p))
+    return (
+        (phi_obs - theta) ** 2 / (2 * s_z)
+        + (theta - v_p) ** 2 / (2 * s_p)
+        + 0.5 * math.log(2 * math.pi * s_z)
+        + 0.5 * math.log(2 * math.pi * s_p)
+    )
 
 
 eps = torch.randn(200_000, dtype=torch.float64)
@@ -96,9 +100,9 @@ def free_energy_mc(mu, zeta):
     return (energy_1d(theta).mean() - 0.5 * math.log(2 * math.pi * math.e * zeta)).item()
 
 
-curvature = 1 / s_z + 1 / s_p                       # E''(θ), the same everywhere
+curvature = 1 / s_z + 1 / s_p  # E''(θ), the same everywhere
 zeta_star = 1 / curvature
-mu_star = (phi_obs / s_z + v_p / s_p) / curvature   # precision-weighted average = posterior mean
+mu_star = (phi_obs / s_z + v_p / s_p) / curvature  # precision-weighted average = posterior mean
 log_evidence = -0.5 * math.log(2 * math.pi * (s_z + s_p)) - (phi_obs - v_p) ** 2 / (2 * (s_z + s_p))
 
 zetas = np.geomspace(zeta_star / 10, zeta_star * 10, 41)
@@ -108,8 +112,12 @@ axes[0].semilogx(zetas, [free_energy_mc(mu_star, z) for z in zetas], label="F (M
 axes[0].axvline(zeta_star, color="k", ls="--", label=r"$\zeta^* = 1/E''$")
 axes[0].set(xlabel=r"variance $\zeta$ of $q$", ylabel="F", title=r"F over $\zeta$ at $\mu = \mu^*$")
 axes[1].plot(mus, [free_energy_mc(m, zeta_star) for m in mus], label=r"F (Monte Carlo) at $\zeta^*$")
-axes[1].plot(mus, energy_1d(torch.tensor(mus)) - 0.5 * math.log(2 * math.pi * zeta_star), "k:",
-             label=r"$E(\mu) - \frac{1}{2} \ln 2\pi\zeta^*$")
+axes[1].plot(
+    mus,
+    energy_1d(torch.tensor(mus)) - 0.5 * math.log(2 * math.pi * zeta_star),
+    "k:",
+    label=r"$E(\mu) - \frac{1}{2} \ln 2\pi\zeta^*$",
+)
 axes[1].axhline(-log_evidence, color="C3", lw=0.8, label=r"surprise $-\ln p(\varphi)$")
 axes[1].set(xlabel=r"belief $\mu$", title=r"F over $\mu$ at $\zeta = \zeta^*$")
 for ax in axes:
@@ -120,7 +128,9 @@ plt.show()
 # %%
 print(f"mu* = {mu_star:.3f}  (precision-weighted average of phi = {phi_obs} and v_p = {v_p})")
 print(f"F at (mu*, zeta*), Monte Carlo: {free_energy_mc(mu_star, zeta_star):.4f}")
-print(f"E(mu*) - 1/2 ln(2 pi zeta*):    {energy_1d(torch.tensor(mu_star)) - 0.5 * math.log(2 * math.pi * zeta_star):.4f}")
+print(
+    f"E(mu*) - 1/2 ln(2 pi zeta*):    {energy_1d(torch.tensor(mu_star)) - 0.5 * math.log(2 * math.pi * zeta_star):.4f}"
+)
 print(f"surprise -ln p(phi):            {-log_evidence:.4f}   (KL(q || posterior) = 0 at the optimum)")
 
 # %% [markdown]
@@ -206,6 +216,7 @@ print(f"at t = 25: mu = {mu0:.3f}, mu' = {mu1:.3f}, F fell from {before['F'].ilo
 # $\kappa_\mu = \sigma_w$ the $\mu'$ terms cancel in the first equation and $\mu$ is exactly the
 # precision-weighted average of section 1. Section 5 shows settings where it is not.)
 
+
 # %%
 def fixed_point(model, phi, kappa_mu=0.1):
     """The beliefs where perception stops: D mu - kappa (W [mu; phi] + b)[:K] = 0."""
@@ -237,8 +248,10 @@ plt.show()
 
 # %%
 end = run.iloc[-1]
-print(f"t = 100: T = {end['T']:.3f} (desired 4), position {end['position']:.3f}, F = {end['F']:.4f}, "
-      f"lowest T on the way {run['T'].min():.3f}")
+print(
+    f"t = 100: T = {end['T']:.3f} (desired 4), position {end['position']:.3f}, F = {end['F']:.4f}, "
+    f"lowest T on the way {run['T'].min():.3f}"
+)
 
 # %% [markdown]
 # After $t = 25$ the agent moves out, the temperature falls, overshoots below 4 and comes back (the
@@ -269,8 +282,7 @@ plt.show()
 # precision-weighted average $(20/\sigma_z + 4/\sigma_w)/(1/\sigma_z + 1/\sigma_w)$.
 
 # %%
-grid = fep.sweep(sigma_z=(0.01, 0.1, 1.0), sigma_w=(0.01, 0.1, 1.0), record_every=max(RECORD // 4, 1),
-                 progress=False)
+grid = fep.sweep(sigma_z=(0.01, 0.1, 1.0), sigma_w=(0.01, 0.1, 1.0), record_every=max(RECORD // 4, 1), progress=False)
 fig = fep.plot_sweep(grid)
 plt.show()
 
@@ -278,8 +290,17 @@ plt.show()
 rows = []
 for (sz, sw), d in grid.groupby(["sigma_z", "sigma_w"]):
     model = fep.GenerativeModel.thermostat(4.0, sigma_z=sz, sigma_w=sw, order=2)
-    rows.append((sz, sw, d[d["t"] <= 25]["mu"].iloc[-1], fixed_point(model, phi)[0].item(),
-                 (20 / sz + 4 / sw) / (1 / sz + 1 / sw), d["T"].iloc[-1], d["position"].iloc[-1]))
+    rows.append(
+        (
+            sz,
+            sw,
+            d[d["t"] <= 25]["mu"].iloc[-1],
+            fixed_point(model, phi)[0].item(),
+            (20 / sz + 4 / sw) / (1 / sz + 1 / sw),
+            d["T"].iloc[-1],
+            d["position"].iloc[-1],
+        )
+    )
 print(" sigma_z sigma_w | mu(t=25) fixed point  weighted avg | T(100)  position(100)")
 for sz, sw, m, fp, avg, T, x in rows:
     print(f"{sz:8g}{sw:8g} | {m:8.2f} {fp:11.2f} {avg:13.2f} | {T:6.3f} {x:10.2f}")

@@ -42,7 +42,7 @@ import inference
 from inference import ConvergenceWarning
 from inference.optim import make_optimizer
 
-QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"   # the test suite runs a smaller version
+QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"  # the test suite runs a smaller version
 STEPS = 300 if QUICK else 2000
 _ = torch.manual_seed(0)
 
@@ -66,7 +66,7 @@ _ = torch.manual_seed(0)
 g = torch.Generator().manual_seed(1)
 N, D = 200, 5
 X = torch.randn(N, D, generator=g)
-X[:, 1:] += 2.0 * X[:, :1]                       # strongly correlated features
+X[:, 1:] += 2.0 * X[:, :1]  # strongly correlated features
 w_true = torch.tensor([1.0, -0.5, 0.25, 0.0, 2.0])
 y = X @ w_true + 0.5 * torch.randn(N, generator=g)
 
@@ -82,9 +82,12 @@ with warnings.catch_warnings():
     # this section is about the optimisers; how far a mean-field guide is from this correlated posterior
     # (which each fit's verdict points out) is notebook 6's subject
     warnings.simplefilter("ignore", ConvergenceWarning)
-    fits = {name: inference.svi(regression, AutoNormal(regression), X, y, steps=STEPS, lr=lr,
-                                optimizer=name, progress=False)
-            for name, lr in settings.items()}
+    fits = {
+        name: inference.svi(
+            regression, AutoNormal(regression), X, y, steps=STEPS, lr=lr, optimizer=name, progress=False
+        )
+        for name, lr in settings.items()
+    }
 fig = inference.plot_losses(fits)
 fig.axes[0].set_title("negative ELBO on the same regression, five optimisers")
 fig
@@ -107,6 +110,7 @@ for name, fit in fits.items():
 # ## 2. The hazards, seen on two-dimensional losses
 #
 # The same optimisers, now on hand-made losses $f(\theta_1, \theta_2)$ so that the path can be drawn.
+
 
 # %%
 def run(loss_fn, start, name, lr, steps=150, clip=None):
@@ -131,25 +135,35 @@ def contour(ax, loss_fn, lim):
     ax.contour(A, B, Z, levels=30, cmap="Greys", linewidths=0.6)
 
 
-def ill_conditioned(t):      # curvature 1 along θ1, 50 along θ2
+def ill_conditioned(t):  # curvature 1 along θ1, 50 along θ2
     return 0.5 * t[0] ** 2 + 25.0 * t[1] ** 2
 
 
-def saddle(t):               # a saddle at the origin, minima at θ2 = ±1
+def saddle(t):  # a saddle at the origin, minima at θ2 = ±1
     return t[0] ** 2 + (t[1] ** 2 - 1.0) ** 2
 
 
-def plateau_and_cliff(t):    # flat for θ1 < 0, a steep wall near θ1 = 2
+def plateau_and_cliff(t):  # flat for θ1 < 0, a steep wall near θ1 = 2
     return -torch.sigmoid(3 * t[0]) + 0.5 * t[1] ** 2 + torch.relu(t[0] - 2.0) ** 3 * 50
+
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
 problems = [
-    ("ill-conditioning", ill_conditioned, [-4.0, 1.0], ((-4.5, 1), (-1.2, 1.2)),
-     {"sgd": 0.038, "momentum": 0.01, "adam": 0.2}),
-    ("saddle point", saddle, [1.5, 1e-4], ((-2, 2), (-1.5, 1.5)),
-     {"sgd": 0.05, "nesterov": 0.02, "adam": 0.05}),
-    ("plateau", plateau_and_cliff, [-3.0, 1.0], ((-3.5, 3), (-1.5, 1.5)),
-     {"sgd": 0.5, "momentum": 0.5, "rmsprop": 0.05}),
+    (
+        "ill-conditioning",
+        ill_conditioned,
+        [-4.0, 1.0],
+        ((-4.5, 1), (-1.2, 1.2)),
+        {"sgd": 0.038, "momentum": 0.01, "adam": 0.2},
+    ),
+    ("saddle point", saddle, [1.5, 1e-4], ((-2, 2), (-1.5, 1.5)), {"sgd": 0.05, "nesterov": 0.02, "adam": 0.05}),
+    (
+        "plateau",
+        plateau_and_cliff,
+        [-3.0, 1.0],
+        ((-3.5, 3), (-1.5, 1.5)),
+        {"sgd": 0.5, "momentum": 0.5, "rmsprop": 0.05},
+    ),
 ]
 for ax, (title, f, start, lim, rates) in zip(axes, problems):
     contour(ax, f, lim)
@@ -198,20 +212,35 @@ print("with clipping at 1.0, longest step:", np.linalg.norm(np.diff(tame, axis=0
 with warnings.catch_warnings():
     # these runs only evaluate losses (a vanishing learning rate): their verdicts have nothing to judge
     warnings.simplefilter("ignore", ConvergenceWarning)
-    full = inference.svi(regression, AutoDelta(regression), X, y, steps=1, lr=1e-12, optimizer="sgd",
-                         progress=False).losses[0]
+    full = inference.svi(
+        regression, AutoDelta(regression), X, y, steps=1, lr=1e-12, optimizer="sgd", progress=False
+    ).losses[0]
     rows = []
     for B in (10, 20, 50, 100):
-        fit = inference.svi(regression, AutoDelta(regression), X, y, steps=(N // B) * 10, batch_size=B,
-                            lr=1e-12, optimizer="sgd", progress=False)
+        fit = inference.svi(
+            regression,
+            AutoDelta(regression),
+            X,
+            y,
+            steps=(N // B) * 10,
+            batch_size=B,
+            lr=1e-12,
+            optimizer="sgd",
+            progress=False,
+        )
         rows.append((B, fit.losses.mean(), fit.losses.std()))
-        print(f"B={B:4d}: mean batch loss {fit.losses.mean():10.1f} (full data: {full:.1f}), "
-              f"sd {fit.losses.std():9.1f}")
+        print(
+            f"B={B:4d}: mean batch loss {fit.losses.mean():10.1f} (full data: {full:.1f}), sd {fit.losses.std():9.1f}"
+        )
 fig, ax = plt.subplots(figsize=(5, 3.5))
 Bs, _, sds = map(np.array, zip(*rows))
-ax.loglog(Bs, sds ** 2, "o-", label="variance of the batch loss")
-ax.loglog(Bs, sds[0] ** 2 * Bs[0] / Bs * (N - Bs) / (N - Bs[0]), "k--",
-          label=r"$\propto (N-B)/B$ (sampling without replacement)")
+ax.loglog(Bs, sds**2, "o-", label="variance of the batch loss")
+ax.loglog(
+    Bs,
+    sds[0] ** 2 * Bs[0] / Bs * (N - Bs) / (N - Bs[0]),
+    "k--",
+    label=r"$\propto (N-B)/B$ (sampling without replacement)",
+)
 ax.set_xlabel("batch size B")
 ax.legend(fontsize=8)
 plt.show()
@@ -233,7 +262,7 @@ from pyro.infer.autoguide import init_to_value
 N2, D2 = 60, 50
 X2 = torch.randn(N2, D2, generator=g)
 w2 = torch.zeros(D2)
-w2[:5] = torch.tensor([2.0, -1.5, 1.0, 0.5, -0.5])      # a few real effects among 50 features
+w2[:5] = torch.tensor([2.0, -1.5, 1.0, 0.5, -0.5])  # a few real effects among 50 features
 y2 = X2 @ w2 + torch.randn(N2, generator=g)
 train, held = slice(0, 30), slice(30, 60)
 
@@ -248,8 +277,9 @@ def from_zero():
     return AutoDelta(wide_regression, init_loc_fn=init_to_value(values={"w": torch.zeros(D2)}))
 
 
-settings = dict(steps=300, lr=0.002, optimizer="sgd", validation_data=(X2[held], y2[held]),
-                eval_every=2, progress=False)
+settings = dict(
+    steps=300, lr=0.002, optimizer="sgd", validation_data=(X2[held], y2[held]), eval_every=2, progress=False
+)
 long = inference.svi(wide_regression, from_zero(), X2[train], y2[train], **settings)
 with warnings.catch_warnings():
     # early stopping ends the run on purpose, before the training loss has settled
@@ -268,8 +298,12 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %%
-print("stopped at step", stopped.diagnostics["stopped_at"], "; best held-out loss at step",
-      stopped.diagnostics["best_step"])
+print(
+    "stopped at step",
+    stopped.diagnostics["stopped_at"],
+    "; best held-out loss at step",
+    stopped.diagnostics["best_step"],
+)
 print("held-out loss: best", round(min(val), 1), " after all 300 steps", round(val[-1], 1))
 
 # %% [markdown]

@@ -55,10 +55,10 @@ with warnings.catch_warnings():
     from zoo.jobs.benchmark import plot_heatmap, run_benchmark
     from zoo.jobs.benchmark import summarize as summarize_benchmark
 
-QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"   # the test suite runs a smaller version
-DRAWS = 4000                          # draws behind every mean and sd in the tables
-REPEATS = 20 if QUICK else 50         # repeated k-hat estimates (cheap: closed-form weights)
-SLOW_STEPS = 300                      # the deliberately unconverged fit of section 4 (cheap either way)
+QUICK = os.environ.get("ZOO_NOTEBOOK_QUICK") == "1"  # the test suite runs a smaller version
+DRAWS = 4000  # draws behind every mean and sd in the tables
+REPEATS = 20 if QUICK else 50  # repeated k-hat estimates (cheap: closed-form weights)
+SLOW_STEPS = 300  # the deliberately unconverged fit of section 4 (cheap either way)
 torch.set_default_dtype(torch.float64)
 # These models have at most a few thousand numbers per step: one thread is faster than two, whose
 # synchronisation dominates (and collapses when other processes share the cores).
@@ -113,8 +113,7 @@ for name in USED:
     p = posteriordb.load(name)
     print(f"{name}  ({'exact' if p.exact else 'Stan reference'}): {p.description}")
     for label, (mean, sd) in p.reference.items():
-        mc = f"   reference Monte Carlo error {1 / math.sqrt(p.reference_ess[label]):.3f} sd" \
-            if not p.exact else ""
+        mc = f"   reference Monte Carlo error {1 / math.sqrt(p.reference_ess[label]):.3f} sd" if not p.exact else ""
         print(f"    {label:8s} mean {mean:12.4g}   sd {sd:10.4g}{mc}")
 
 
@@ -126,8 +125,16 @@ def errors_in_sds(fits, posterior, num_samples=DRAWS):
         elements = dict(flat_elements(draws, list(draws)))
         for label, (ref_mean, ref_sd) in posterior.reference.items():
             x = elements[label]
-            rows.append({"fit": name, "element": label, "mean": x.mean(), "sd": x.std(ddof=1),
-                         "error": (x.mean() - ref_mean) / ref_sd, "sd_ratio": x.std(ddof=1) / ref_sd})
+            rows.append(
+                {
+                    "fit": name,
+                    "element": label,
+                    "mean": x.mean(),
+                    "sd": x.std(ddof=1),
+                    "error": (x.mean() - ref_mean) / ref_sd,
+                    "sd_ratio": x.std(ddof=1) / ref_sd,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -139,18 +146,27 @@ def errors_in_sds(fits, posterior, num_samples=DRAWS):
 grid = np.linspace(-4, 4, 400)
 normal = lambda x, m, s: np.exp(-0.5 * ((x - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
 fig, ax = plt.subplots(figsize=(6.5, 3.4))
-for mean, sd, colour, style, label in [(0, 1, "k", "-", "reference: mean 0, sd 1"),
-                                       (0.5, 0.6, "C3", "--", "approximation: error 0.5, sd ratio 0.6")]:
+for mean, sd, colour, style, label in [
+    (0, 1, "k", "-", "reference: mean 0, sd 1"),
+    (0.5, 0.6, "C3", "--", "approximation: error 0.5, sd ratio 0.6"),
+]:
     ax.plot(grid, normal(grid, mean, sd), color=colour, ls=style, label=label)
     ax.axvline(mean, color=colour, ls=":", lw=1)
     # the +-1 sd interval, drawn at the height the density has there
-    ax.annotate("", xy=(mean - sd, normal(mean + sd, mean, sd)), xytext=(mean + sd, normal(mean + sd, mean, sd)),
-                arrowprops=dict(arrowstyle="<->", color=colour))
+    ax.annotate(
+        "",
+        xy=(mean - sd, normal(mean + sd, mean, sd)),
+        xytext=(mean + sd, normal(mean + sd, mean, sd)),
+        arrowprops=dict(arrowstyle="<->", color=colour),
+    )
 ax.annotate("", xy=(0.5, 0.72), xytext=(0, 0.72), arrowprops=dict(arrowstyle="->"))
 ax.text(0.25, 0.74, "error", ha="center", fontsize=9)
-ax.set_ylim(0, 1.0)   # room for the legend above the curves
-ax.set(xlabel="parameter, in units of the reference sd", ylabel="density",
-       title="error: shift of the mean; sd ratio: width of the ±1 sd arrows")
+ax.set_ylim(0, 1.0)  # room for the legend above the curves
+ax.set(
+    xlabel="parameter, in units of the reference sd",
+    ylabel="density",
+    title="error: shift of the mean; sd ratio: width of the ±1 sd arrows",
+)
 ax.legend(fontsize=8, loc="upper left")
 plt.show()
 
@@ -185,17 +201,18 @@ plt.show()
 # %%
 reg = posteriordb.load("conjugate-linear-regression")
 X, y, sigma, prior_sd = reg.data
-H = X.T @ X / sigma ** 2 + torch.eye(X.shape[1]) / prior_sd ** 2
+H = X.T @ X / sigma**2 + torch.eye(X.shape[1]) / prior_sd**2
 Sigma = torch.linalg.inv(H)
-m = Sigma @ X.T @ y / sigma ** 2
+m = Sigma @ X.T @ y / sigma**2
 exact = dist.MultivariateNormal(m, Sigma)
 ref_mean = torch.tensor([mean for mean, _ in reg.reference.values()])
-print("closed form vs the suite's reference, largest difference of the means:",
-      f"{(m - ref_mean).abs().max().item():.1e}")
+print(
+    "closed form vs the suite's reference, largest difference of the means:", f"{(m - ref_mean).abs().max().item():.1e}"
+)
 corr = Sigma / torch.outer(Sigma.diag().sqrt(), Sigma.diag().sqrt())
 print(f"posterior correlation of w[0] and w[1]: {corr[0, 1].item():.3f}")
 
-d_half = H.diag().rsqrt()                       # Sigma_q^(1/2) of the mean-field optimum
+d_half = H.diag().rsqrt()  # Sigma_q^(1/2) of the mean-field optimum
 k_theory = 1 - torch.linalg.eigvalsh(d_half[:, None] * H * d_half[None, :]).min().item()
 print(f"true Pareto shape of the mean-field weights: k = 1 - lambda_min = {k_theory:.2f}")
 
@@ -204,25 +221,30 @@ print(f"true Pareto shape of the mean-field weights: k = 1 - lambda_min = {k_the
 # rate); the only difference is the guide family.
 
 # %%
-mean_field, mf_heard = listen(inference.svi, reg.model, inference.guide(reg.model, "meanfield"), *reg.data,
-                              progress=False)
-full_rank, fr_heard = listen(inference.svi, reg.model, inference.guide(reg.model, "fullrank"), *reg.data,
-                             progress=False)
+mean_field, mf_heard = listen(
+    inference.svi, reg.model, inference.guide(reg.model, "meanfield"), *reg.data, progress=False
+)
+full_rank, fr_heard = listen(
+    inference.svi, reg.model, inference.guide(reg.model, "fullrank"), *reg.data, progress=False
+)
 say("mean-field", mean_field, mf_heard)
 say("full-rank ", full_rank, fr_heard)
 
 table = errors_in_sds({"mean-field": mean_field, "full-rank": full_rank}, reg)
 sds = table.pivot(index="element", columns="fit", values="sd")
-pd.DataFrame({
-    "true sd sqrt(Sigma_ii)": Sigma.diag().sqrt().numpy(),
-    "mean-field theory 1/sqrt(H_ii)": H.diag().rsqrt().numpy(),
-    "mean-field fit sd": sds["mean-field"].to_numpy(),
-    "full-rank fit sd": sds["full-rank"].to_numpy(),
-    "theory sd ratio": (H.diag() * Sigma.diag()).rsqrt().numpy(),
-    "mean-field sd ratio": table[table.fit == "mean-field"]["sd_ratio"].to_numpy(),
-    "mean-field error": table[table.fit == "mean-field"]["error"].to_numpy(),
-    "full-rank error": table[table.fit == "full-rank"]["error"].to_numpy(),
-}, index=sds.index).round(3)
+pd.DataFrame(
+    {
+        "true sd sqrt(Sigma_ii)": Sigma.diag().sqrt().numpy(),
+        "mean-field theory 1/sqrt(H_ii)": H.diag().rsqrt().numpy(),
+        "mean-field fit sd": sds["mean-field"].to_numpy(),
+        "full-rank fit sd": sds["full-rank"].to_numpy(),
+        "theory sd ratio": (H.diag() * Sigma.diag()).rsqrt().numpy(),
+        "mean-field sd ratio": table[table.fit == "mean-field"]["sd_ratio"].to_numpy(),
+        "mean-field error": table[table.fit == "mean-field"]["error"].to_numpy(),
+        "full-rank error": table[table.fit == "full-rank"]["error"].to_numpy(),
+    },
+    index=sds.index,
+).round(3)
 
 # %% [markdown]
 # The mean-field sds land on $1/\sqrt{H_{ii}}$, as the algebra says: less than half the true sd for the
@@ -234,6 +256,7 @@ pd.DataFrame({
 # the guide. Because this posterior is Gaussian, the importance weights can be computed in closed form
 # ($\log p(w \mid y) - \log q(w)$; the missing $\log p(y)$ is a constant, which $\hat k$ ignores), so it is
 # cheap to repeat the estimate many times on fresh draws and see how much it varies.
+
 
 # %%
 def trained_gaussian(fit):
@@ -262,8 +285,10 @@ khats = {
     "full-rank, 1000 draws": repeated_khat(exact.log_prob, trained_gaussian(full_rank), 1000),
 }
 for name, k in khats.items():
-    print(f"{name:24s} k-hat median {np.median(k):5.2f}, range {k.min():5.2f} to {k.max():5.2f}, "
-          f"above 0.7 in {(k > 0.7).sum()} of {k.size}")
+    print(
+        f"{name:24s} k-hat median {np.median(k):5.2f}, range {k.min():5.2f} to {k.max():5.2f}, "
+        f"above 0.7 in {(k > 0.7).sum()} of {k.size}"
+    )
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 4))
@@ -273,7 +298,7 @@ for name, fit, colour in [("full-rank", full_rank, "C0"), ("mean-field", mean_fi
     ax.plot(w[:, 0], w[:, 1], ".", ms=2.5, alpha=0.5, color=colour, label=f"{name} draws")
 vals, vecs = np.linalg.eigh(Sigma[:2, :2].numpy())
 angle = np.linspace(0, 2 * np.pi, 200)
-for r in (1, 2):   # 1- and 2-sd ellipses of the exact (w0, w1) marginal
+for r in (1, 2):  # 1- and 2-sd ellipses of the exact (w0, w1) marginal
     ring = m[:2].numpy()[:, None] + vecs @ (r * np.sqrt(vals)[:, None] * np.stack([np.cos(angle), np.sin(angle)]))
     ax.plot(ring[0], ring[1], "k", lw=1, label="exact 1 and 2 sd" if r == 1 else None)
 ax.set(xlabel="w[0]", ylabel="w[1]", title="mean-field cannot tilt: it matches the conditional widths")
@@ -285,8 +310,13 @@ for (name, k), colour in zip(khats.items(), ["C3", "C1", "C0"]):
     ax.hist(k, bins=bins, alpha=0.55, color=colour, label=name)
 ax.axvline(0.7, color="k", lw=1.5, label="0.7: the verdict's limit")
 ax.axvline(k_theory, color="C3", ls="--", lw=1.5, label=f"true k of the mean-field weights, {k_theory:.2f}")
-ax.axvline(mean_field.diagnostics["khat"], color="C3", ls=":", lw=2,
-           label=f"the verdict's own estimate, {mean_field.diagnostics['khat']:.2f}")
+ax.axvline(
+    mean_field.diagnostics["khat"],
+    color="C3",
+    ls=":",
+    lw=2,
+    label=f"the verdict's own estimate, {mean_field.diagnostics['khat']:.2f}",
+)
 ax.set(xlabel=r"$\hat k$", ylabel=f"of {REPEATS} repeats", title=r"$\hat k$ is an estimate: it varies")
 ax.legend(fontsize=7)
 fig.tight_layout()
@@ -331,23 +361,31 @@ plt.show()
 gp = posteriordb.load("conjugate-gamma-poisson")
 counts, a0, b0 = gp.data
 a, b = (a0 + counts.sum()).item(), (b0 + counts.numel()).item()
-(ref_mean, ref_sd), = gp.reference.values()
-print(f"counts {counts.numpy()}: posterior Gamma(a = {a:g}, b = {b:g}), mean {a / b:.4f} "
-      f"(reference {ref_mean:.4f}), sd {math.sqrt(a) / b:.4f}")
+((ref_mean, ref_sd),) = gp.reference.values()
+print(
+    f"counts {counts.numpy()}: posterior Gamma(a = {a:g}, b = {b:g}), mean {a / b:.4f} "
+    f"(reference {ref_mean:.4f}), sd {math.sqrt(a) / b:.4f}"
+)
 
 laplace, lap_heard = listen(inference.laplace, gp.model, *gp.data)
 say("Laplace", laplace, lap_heard)
 u_star, var_u = laplace.diagnostics["loc"].item(), laplace.diagnostics["covariance"].item()
-print(f"mode u* = {u_star:.4f} (theory log(a/b) = {math.log(a / b):.4f}),  "
-      f"variance {var_u:.4f} (theory 1/a = {1 / a:.4f})")
+print(
+    f"mode u* = {u_star:.4f} (theory log(a/b) = {math.log(a / b):.4f}),  "
+    f"variance {var_u:.4f} (theory 1/a = {1 / a:.4f})"
+)
 q_mean = a / b * math.exp(1 / (2 * a))
 q_sd = q_mean * math.sqrt(math.expm1(1 / a))
-print(f"theory: Laplace mean of lambda {q_mean:.4f} -> error {(q_mean - ref_mean) / ref_sd:.3f} sd, "
-      f"sd ratio {q_sd / ref_sd:.3f}")
+print(
+    f"theory: Laplace mean of lambda {q_mean:.4f} -> error {(q_mean - ref_mean) / ref_sd:.3f} sd, "
+    f"sd ratio {q_sd / ref_sd:.3f}"
+)
 
 reweighted, rw_heard = listen(laplace.reweighted)
-print(f"\nreweighted by PSIS: k-hat {reweighted.diagnostics['khat']:.2f}, "
-      f"ESS of the weights {reweighted.diagnostics['ess']:.0f} of {reweighted.diagnostics['num_proposals']}")
+print(
+    f"\nreweighted by PSIS: k-hat {reweighted.diagnostics['khat']:.2f}, "
+    f"ESS of the weights {reweighted.diagnostics['ess']:.0f} of {reweighted.diagnostics['num_proposals']}"
+)
 for message in rw_heard or ["(no warning)"]:
     print("   ", message)
 errors_in_sds({"Laplace": laplace, "Laplace, reweighted": reweighted}, gp).round(3)
@@ -366,8 +404,10 @@ errors_in_sds({"Laplace": laplace, "Laplace, reweighted": reweighted}, gp).round
 posterior_lam = dist.Gamma(torch.tensor(a), torch.tensor(b))
 q_lam = dist.LogNormal(torch.tensor(u_star), torch.tensor(math.sqrt(var_u)))
 lap_khats = repeated_khat(posterior_lam.log_prob, q_lam, 1000)
-print(f"Laplace k-hat over {REPEATS} repeats of 1000 draws: median {np.median(lap_khats):.2f}, "
-      f"range {lap_khats.min():.2f} to {lap_khats.max():.2f}, above 0.7 in {(lap_khats > 0.7).sum()}")
+print(
+    f"Laplace k-hat over {REPEATS} repeats of 1000 draws: median {np.median(lap_khats):.2f}, "
+    f"range {lap_khats.min():.2f} to {lap_khats.max():.2f}, above 0.7 in {(lap_khats > 0.7).sum()}"
+)
 
 fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 ax = axes[0]
@@ -376,8 +416,11 @@ draws = reweighted.samples(DRAWS, seed=1)["lam"].numpy()
 ax.hist(draws, bins=60, density=True, color="C2", alpha=0.35, label="Laplace, reweighted (draws)")
 ax.plot(lam, posterior_lam.log_prob(lam).exp(), "k", lw=2, label=f"exact Gamma({a:g}, {b:g})")
 ax.plot(lam, q_lam.log_prob(lam).exp(), "C3--", lw=2, label="Laplace (log-normal in lambda)")
-for value, colour, style, label in [(ref_mean, "k", "-", "exact"), (q_mean, "C3", "--", "Laplace"),
-                                   (draws.mean(), "C2", ":", "reweighted")]:
+for value, colour, style, label in [
+    (ref_mean, "k", "-", "exact"),
+    (q_mean, "C3", "--", "Laplace"),
+    (draws.mean(), "C2", ":", "reweighted"),
+]:
     ax.axvline(value, color=colour, ls=style, lw=1.5, label=f"mean, {label}: {value:.3f}")
 ax.set(xlabel=r"$\lambda$", ylabel="density", title="exact, Laplace and reweighted Laplace")
 ax.legend(fontsize=8)
@@ -423,8 +466,16 @@ plt.show()
 earn = posteriordb.load("earnings-earn_height")
 stopped = {}
 for schedule in ("constant", "cosine"):
-    fit, heard = listen(inference.svi, earn.model, inference.guide(earn.model, "meanfield"), *earn.data,
-                        steps=SLOW_STEPS, init="guide", schedule=schedule, progress=False)
+    fit, heard = listen(
+        inference.svi,
+        earn.model,
+        inference.guide(earn.model, "meanfield"),
+        *earn.data,
+        steps=SLOW_STEPS,
+        init="guide",
+        schedule=schedule,
+        progress=False,
+    )
     stopped[schedule] = fit
     say(f"{SLOW_STEPS} steps from the guide's start, {schedule} rate", fit, heard)
     print("    loss-settled test alone:", verdict.loss_settled(fit.losses))
@@ -443,12 +494,14 @@ fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 for ax, (schedule, fit) in zip(axes, stopped.items()):
     start, middle, end = tested_quarters(fit.losses.size)
     ax.semilogy(np.arange(fit.losses.size), fit.losses, lw=0.8, color="C0")
-    ax.axvspan(start, middle, color="C1", alpha=0.25,
-               label=f"quarter A: mean {fit.losses[start:middle].mean():.3g}")
+    ax.axvspan(start, middle, color="C1", alpha=0.25, label=f"quarter A: mean {fit.losses[start:middle].mean():.3g}")
     ax.axvspan(middle, end, color="C2", alpha=0.25, label=f"quarter B: mean {fit.losses[middle:end].mean():.3g}")
     settled, _ = verdict.loss_settled(fit.losses)
-    ax.set(xlabel="step", ylabel="loss (negative ELBO)",
-           title=f"{schedule} rate: {'settled (test passes)' if settled else 'still falling (test fires)'}")
+    ax.set(
+        xlabel="step",
+        ylabel="loss (negative ELBO)",
+        title=f"{schedule} rate: {'settled (test passes)' if settled else 'still falling (test fires)'}",
+    )
     ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
@@ -479,8 +532,18 @@ plt.show()
 BENCH_POSTERIORS = ["conjugate-gamma-poisson", "conjugate-normal-gamma"] + ([] if QUICK else ["earnings-earn_height"])
 BENCH_METHODS = ["laplace", "laplace+psis", "svi-meanfield", "svi-fullrank"]
 bench = run_benchmark(posteriors=BENCH_POSTERIORS, methods=BENCH_METHODS, progress=False)
-columns = ["posterior", "method", "verdict", "accurate", "trusted_or_warned", "max_abs_error", "min_sd_ratio",
-           "max_sd_ratio", "khat", "seconds"]
+columns = [
+    "posterior",
+    "method",
+    "verdict",
+    "accurate",
+    "trusted_or_warned",
+    "max_abs_error",
+    "min_sd_ratio",
+    "max_sd_ratio",
+    "khat",
+    "seconds",
+]
 bench[columns].round(3)
 
 # %%

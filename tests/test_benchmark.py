@@ -1,4 +1,5 @@
 """`zoo benchmark` (zoo.jobs.benchmark) on a tiny posterior of its own, with Laplace and fake methods."""
+
 import warnings
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @dataclass
 class Posterior:
     """The fields of a ``zoo.posteriordb`` posterior that the benchmark uses."""
+
     name: str
     model: object
     data: tuple
@@ -48,18 +50,25 @@ def fake_method(shift, scale, converged=True, warn=None, calls=None):
     """A method whose fit's draws have, per element i, mean ref_mean + shift[i] ref_sd and sd
     scale[i] ref_sd exactly (1000 standardised normal draws), so the scores are known by hand."""
     z = torch.randn(1000, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    z = (z - z.mean()) / z.std()                      # mean 0, sd (ddof=1) 1 exactly
+    z = (z - z.mean()) / z.std()  # mean 0, sd (ddof=1) 1 exactly
 
     def method(posterior, seed):
         if calls is not None:
             calls.append((posterior.name, seed))
         if warn:
             warnings.warn(warn, ConvergenceWarning)
-        means, sds, shifts, scales = (torch.tensor(v, dtype=torch.float64)
-                                      for v in (*zip(*posterior.reference.values()), shift, scale))
+        means, sds, shifts, scales = (
+            torch.tensor(v, dtype=torch.float64) for v in (*zip(*posterior.reference.values()), shift, scale)
+        )
         theta = means + sds * (shifts + scales * z)
-        return inference.Fit(method="fake", losses=[], seconds=0.5, draw=lambda n, seed: {"theta": theta[:n]},
-                             diagnostics={"converged": converged, "khat": 0.3})
+        return inference.Fit(
+            method="fake",
+            losses=[],
+            seconds=0.5,
+            draw=lambda n, seed: {"theta": theta[:n]},
+            diagnostics={"converged": converged, "khat": 0.3},
+        )
+
     return method
 
 
@@ -70,11 +79,13 @@ def broken_method(posterior, seed):
 @pytest.fixture
 def fakes(monkeypatch):
     """Fake methods in the benchmark's table, for this test only."""
-    methods = {"fake-good": fake_method([0.05, -0.1], [1.0, 1.1]),
-               "fake-off": fake_method([0.1, -0.5], [0.9, 2.0]),
-               "fake-warned": fake_method([0.1, -0.5], [0.9, 2.0], warn="the loss had not settled"),
-               "fake-unconverged": fake_method([0.0, 0.0], [1.0, 1.0], converged=False),
-               "fake-broken": broken_method}
+    methods = {
+        "fake-good": fake_method([0.05, -0.1], [1.0, 1.1]),
+        "fake-off": fake_method([0.1, -0.5], [0.9, 2.0]),
+        "fake-warned": fake_method([0.1, -0.5], [0.9, 2.0], warn="the loss had not settled"),
+        "fake-unconverged": fake_method([0.0, 0.0], [1.0, 1.0], converged=False),
+        "fake-broken": broken_method,
+    }
     for name, method in methods.items():
         monkeypatch.setitem(benchmark.METHODS, name, method)
     return list(methods)
@@ -95,22 +106,27 @@ def test_scores_verdicts_and_acceptance_check(fakes):
     warned = table.loc["fake-warned"]
     assert (warned["verdict"], warned["accurate"], warned["trusted_or_warned"]) == ("warned", False, True)
     assert "the loss had not settled" in warned["warnings"]
-    assert table.loc["fake-unconverged", "verdict"] == "warned"   # converged False, though no warning
-    broken = table.loc["fake-broken"]                             # recorded; the run went on after it
+    assert table.loc["fake-unconverged", "verdict"] == "warned"  # converged False, though no warning
+    broken = table.loc["fake-broken"]  # recorded; the run went on after it
     assert broken["status"] == "failed" and broken["error"] == "RuntimeError: boom"
     assert np.isnan(broken["max_abs_error"]) and pd.isna(broken["verdict"])
-    assert list(table.index) == fakes                             # every cell, in the order asked
+    assert list(table.index) == fakes  # every cell, in the order asked
 
 
 def test_files_with_laplace_and_a_failing_method(fakes, tmp_path):
     out = tmp_path / "bench"
-    table = benchmark.run_benchmark([normal_mean("a"), normal_mean("b")], ["fake-broken", "laplace"],
-                                    out=out, progress=False)
+    table = benchmark.run_benchmark(
+        [normal_mean("a"), normal_mean("b")], ["fake-broken", "laplace"], out=out, progress=False
+    )
     assert sorted(p.name for p in out.iterdir()) == ["heatmap.png", "results.csv", "table.md"]  # no .tmp
     saved = pd.read_csv(out / "results.csv")
     assert list(saved.columns) == benchmark.COLUMNS
-    assert list(zip(saved["posterior"], saved["method"])) == [("a", "fake-broken"), ("a", "laplace"),
-                                                              ("b", "fake-broken"), ("b", "laplace")]
+    assert list(zip(saved["posterior"], saved["method"])) == [
+        ("a", "fake-broken"),
+        ("a", "laplace"),
+        ("b", "fake-broken"),
+        ("b", "laplace"),
+    ]
     assert list(saved["status"]) == ["failed", "ok", "failed", "ok"]
     laplace = table[table["method"] == "laplace"]
     # the posterior is Gaussian, so Laplace is exact: what is left is the Monte Carlo error of 1000 draws
@@ -118,7 +134,7 @@ def test_files_with_laplace_and_a_failing_method(fakes, tmp_path):
     assert (out / "heatmap.png").read_bytes()[:8] == PNG
     markdown = (out / "table.md").read_text()
     assert "| posterior | fake-broken | laplace |" in markdown and "| failed |" in markdown
-    assert "✓" in markdown and "accurate" in markdown                   # the cells and the legend
+    assert "✓" in markdown and "accurate" in markdown  # the cells and the legend
 
 
 def test_interrupted_run_keeps_its_cells_and_resume_skips_them(fakes, monkeypatch, tmp_path):
@@ -130,21 +146,21 @@ def test_interrupted_run_keeps_its_cells_and_resume_skips_them(fakes, monkeypatc
 
     monkeypatch.setitem(benchmark.METHODS, "fake-good", fake_method([0.0, 0.0], [1.0, 1.0], calls=calls))
     monkeypatch.setitem(benchmark.METHODS, "fake-off", interrupt)
-    with pytest.raises(KeyboardInterrupt):       # not an Exception: it stops the run
-        benchmark.run_benchmark(posteriors, ["fake-good", "fake-broken", "fake-off"], out=tmp_path,
-                                progress=False)
+    with pytest.raises(KeyboardInterrupt):  # not an Exception: it stops the run
+        benchmark.run_benchmark(posteriors, ["fake-good", "fake-broken", "fake-off"], out=tmp_path, progress=False)
     saved = pd.read_csv(tmp_path / "results.csv")
     assert list(zip(saved["method"], saved["status"])) == [("fake-good", "ok"), ("fake-broken", "failed")]
 
     monkeypatch.setitem(benchmark.METHODS, "fake-off", fake_method([0.0, 0.0], [1.0, 1.0], calls=calls))
-    table = benchmark.run_benchmark(posteriors, ["fake-good", "fake-broken", "fake-off"], out=tmp_path,
-                                    progress=False, resume=True)
+    table = benchmark.run_benchmark(
+        posteriors, ["fake-good", "fake-broken", "fake-off"], out=tmp_path, progress=False, resume=True
+    )
     # a/fake-good was finished and is kept; the failed cell is tried again; the rest run
     assert calls == [("a", 0), ("a", 0), ("b", 0), ("b", 0)]
     assert len(table) == 6 and len(pd.read_csv(tmp_path / "results.csv")) == 6
     assert (table["status"] == "ok").sum() == 4
     again = benchmark.run_benchmark(posteriors, ["fake-good"], out=tmp_path, progress=False, resume=True)
-    assert len(calls) == 4 and len(again) == 6    # nothing left to fit; the other cells stay in the file
+    assert len(calls) == 4 and len(again) == 6  # nothing left to fit; the other cells stay in the file
 
 
 def test_reweighted_row_reuses_the_laplace_fit(monkeypatch):
@@ -158,9 +174,9 @@ def test_reweighted_row_reuses_the_laplace_fit(monkeypatch):
     monkeypatch.setitem(benchmark.METHODS, "laplace", benchmark.reuse_last(laplace))
     table = benchmark.run_benchmark([normal_mean()], ["laplace+psis", "laplace"], progress=False)
     table = table.set_index("method")
-    assert calls == ["normal-mean"]                                  # one fit serves both rows
+    assert calls == ["normal-mean"]  # one fit serves both rows
     assert (table["status"] == "ok").all() and table["accurate"].all()
-    assert table.loc["laplace+psis", "seconds"] >= table.loc["laplace", "seconds"]   # fit + reweighting
+    assert table.loc["laplace+psis", "seconds"] >= table.loc["laplace", "seconds"]  # fit + reweighting
     # the base fit's warning belongs to the base row, even when that row reuses the fit
     assert table.loc["laplace", "verdict"] == "warned" and "base fit is off" in table.loc["laplace", "warnings"]
     assert table.loc["laplace+psis", "verdict"] == "ok" and table.loc["laplace+psis", "khat"] < 0.5
@@ -171,9 +187,7 @@ def test_unknown_names_are_rejected(capsys):
         benchmark.run_benchmark([normal_mean()], ["laplace", "nope"])
     with pytest.raises(InvalidInputError, match="resume=True needs out"):
         benchmark.run_benchmark([normal_mean()], ["laplace"], resume=True)
-    with pytest.raises(SystemExit) as exit_:
-        main(["benchmark", "--methods", "laplace,nope"])
-    assert exit_.value.code == 2
+    assert main(["benchmark", "--methods", "laplace,nope"]) == 2
     error = capsys.readouterr().err
     assert "argument --methods: unknown method(s) 'nope'; valid: nuts, laplace, laplace+psis" in error
 
@@ -191,9 +205,7 @@ def test_cli_runs_the_job(fakes, monkeypatch, tmp_path, capsys):
 
 def test_cli_rejects_an_unknown_posterior(capsys):
     posteriordb = pytest.importorskip("zoo.posteriordb")
-    with pytest.raises(SystemExit) as exit_:
-        main(["benchmark", "--posteriors", "no-such-posterior"])
-    assert exit_.value.code == 2
+    assert main(["benchmark", "--posteriors", "no-such-posterior"]) == 2
     error = capsys.readouterr().err
     assert "unknown posterior(s) 'no-such-posterior'; valid: " in error and posteriordb.names()[0] in error
 

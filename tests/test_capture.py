@@ -1,6 +1,7 @@
 """The compiled SVI step (inference.capture): the same losses and gradients as Pyro's eager step for the
 same seed, on every ELBO; a refusal, and the eager step with a notice, where a graph cannot stand for the
 step; and the Pyro internals it relies on, checked by name so that a Pyro upgrade fails here first."""
+
 import importlib
 import warnings
 
@@ -8,11 +9,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import assert_compiled_fit_is_the_eager_fit
 from pyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal
 
 import inference
 from inference.capture import PATCHED_MODULES, CapturedStep, CaptureError
-from inference.svi import CompileNotice, make_elbo, scale_plate
+from inference.objectives import make_elbo, scale_plate
+from inference.svi import CompileNotice
 
 N, D = 64, 3
 
@@ -68,7 +71,7 @@ def eager_and_captured(elbo_name, scale=1.0):
         guide = make_guide()
         elbo = make_elbo(elbo_name, max_plate_nesting=1)
         with scale_plate("data", scale):
-            elbo.loss(model, guide, X, y)                                    # creates the parameters
+            elbo.loss(model, guide, X, y)  # creates the parameters
         store = pyro.get_param_store()
         params = [store[n].unconstrained() for n in sorted(store.keys())]
         step = CapturedStep(elbo, model, guide, params, (X, y), context=lambda: scale_plate("data", scale))
@@ -95,15 +98,7 @@ def test_captured_step_gives_the_eager_loss_and_gradients(elbo_name):
 
 
 def test_a_fit_with_the_compiled_step_is_the_eager_fit():
-    X, y = data()
-    fits = {c: inference.svi(regression, AutoMultivariateNormal(regression), X, y, steps=60, init="guide",
-                             compile=c, seed=3, progress=False) for c in (False, "torchscript")}
-    assert fits[False].diagnostics["step"] == "eager"
-    assert fits["torchscript"].diagnostics["step"] == "torchscript"
-    torch.testing.assert_close(torch.as_tensor(fits["torchscript"].losses),
-                               torch.as_tensor(fits[False].losses), rtol=1e-5, atol=1e-3)
-    for name, value in fits[False].params.items():
-        torch.testing.assert_close(fits["torchscript"].params[name], value, rtol=1e-4, atol=1e-5)
+    assert_compiled_fit_is_the_eager_fit(regression, lambda: AutoMultivariateNormal(regression), *data())
 
 
 def test_inductor_step_gives_the_eager_gradients():
@@ -116,7 +111,7 @@ def test_inductor_step_gives_the_eager_gradients():
         store = pyro.get_param_store()
         params = [store[n].unconstrained() for n in sorted(store.keys())]
         step = CapturedStep(elbo, regression, guide, params, (X, y), backend="inductor")
-        if step.backend != "inductor":   # no C++ compiler here: the TorchScript fallback is tested above
+        if step.backend != "inductor":  # no C++ compiler here: the TorchScript fallback is tested above
             pytest.skip(f"inductor cannot compile on this machine: {step.backend}")
         pyro.set_rng_seed(1)
         loss = float(step((X, y))[0])
@@ -162,8 +157,9 @@ def test_compile_false_runs_eagerly_without_a_notice():
     X, y = data()
     with warnings.catch_warnings():
         warnings.simplefilter("error", CompileNotice)
-        fit = inference.svi(branching, AutoNormal(branching), X, y, steps=5, init="guide", compile=False,
-                            progress=False)
+        fit = inference.svi(
+            branching, AutoNormal(branching), X, y, steps=5, init="guide", compile=False, progress=False
+        )
     assert fit.diagnostics["step"] == "eager"
 
 
@@ -171,6 +167,7 @@ def test_capture_refuses_a_function_with_data_dependent_control_flow():
     x = torch.randn(3)
     with pytest.raises(CaptureError, match="data-dependent"):
         from inference.capture import capture
+
         capture(lambda t: (t * 2 if t.sum() > 0 else t,), (x,))
 
 

@@ -1,18 +1,25 @@
 """compare(): small errors for good fits, large for a poor one; PSIS k-hat; the comparison figures."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from test_laplace import (
+    normal_mean_data,
+    normal_mean_model,
+    normal_mean_posterior,
+    regression_data,
+    regression_model,
+    regression_posterior,
+)
 
 from inference.diagnostics import compare, summarize
 from inference.errors import InvalidInputError
 from inference.laplace import laplace
 from inference.plots import plot_losses, plot_posteriors
 from inference.result import Fit
-from test_laplace import (normal_mean_data, normal_mean_model, normal_mean_posterior, regression_data,
-                          regression_model, regression_posterior)
 
 N = 1000  # draws per fit in compare(); Monte-Carlo error of a mean in sd units: 1/sqrt(N)
 
@@ -31,8 +38,7 @@ def gaussian_fit(mean, sd, site="mu", method="exact", target=None):
         p = torch.distributions.Normal(*target)
         return z, (p.log_prob(z[site]) - q.log_prob(z[site])).reshape(n, -1).sum(-1).numpy()  # joint
 
-    return Fit(method=method, losses=[], seconds=0.0, draw=draw,
-               importance=importance if target is not None else None)
+    return Fit(method=method, losses=[], seconds=0.0, draw=draw, importance=importance if target is not None else None)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +81,10 @@ def test_khat_small_for_exact_large_for_misscaled(normal_case):
     # One r = 0.1 times too narrow has weights p/q ~ exp((1 - r²) χ²_10 / 2): a Pareto tail with
     # k = 1 - r² = 0.99 (Yao et al. 2018: above 0.7, importance sampling cannot repair q).
     zero, one = torch.zeros(10, dtype=torch.float64), torch.ones(10, dtype=torch.float64)
-    fits = {"slightly_wide": gaussian_fit(zero, 1.2 * one, method="svi", target=(zero, one)),
-            "narrow": gaussian_fit(zero, 0.1 * one, method="svi", target=(zero, one))}
+    fits = {
+        "slightly_wide": gaussian_fit(zero, 1.2 * one, method="svi", target=(zero, one)),
+        "narrow": gaussian_fit(zero, 0.1 * one, method="svi", target=(zero, one)),
+    }
     table = compare(fits, reference="slightly_wide", num_samples=N)
     khat = table.groupby("method").khat.first()
     assert khat["slightly_wide"] < 0.5 and khat["narrow"] > 0.7
@@ -111,13 +119,16 @@ def test_no_reference_and_bad_arguments(normal_case):
 
 # --- figures ---------------------------------------------------------------------------------------
 
+
 def test_plot_losses(normal_case, tmp_path):
     x, mean, sd = normal_case
-    long = Fit(method="svi", losses=100 + 1e4 * np.exp(-np.arange(300) / 20), seconds=1.0,
-               draw=lambda n, s: {})
-    fits = {"svi": long, "laplace": laplace(normal_mean_model, x),
-            "at_a_point": laplace(normal_mean_model, x, init={"mu": mean}, optimize=False),
-            "exact": gaussian_fit(mean, sd)}  # no losses: skipped
+    long = Fit(method="svi", losses=100 + 1e4 * np.exp(-np.arange(300) / 20), seconds=1.0, draw=lambda n, s: {})
+    fits = {
+        "svi": long,
+        "laplace": laplace(normal_mean_model, x),
+        "at_a_point": laplace(normal_mean_model, x, init={"mu": mean}, optimize=False),
+        "exact": gaussian_fit(mean, sd),
+    }  # no losses: skipped
     fig = plot_losses(fits)
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     ax = fig.axes[0]
@@ -132,8 +143,7 @@ def test_plot_losses(normal_case, tmp_path):
 def test_plot_posteriors(tmp_path):
     X, y = regression_data()
     mean, covariance = regression_posterior(X, y)
-    fits = {"exact": gaussian_fit(mean, covariance.diag().sqrt(), site="w"),
-            "laplace": laplace(regression_model, X, y)}
+    fits = {"exact": gaussian_fit(mean, covariance.diag().sqrt(), site="w"), "laplace": laplace(regression_model, X, y)}
     fig = plot_posteriors(fits, num_samples=300)
     assert isinstance(fig, Figure) and len(fig.axes) == 3 + 1  # three elements of w and the forest
     for ax, label in zip(fig.axes[:3], ["w[0]", "w[1]", "w[2]"]):

@@ -1,4 +1,5 @@
 """Built-in images: digits, procedural shapes with known factors, and the MNIST (IDX) reader."""
+
 import gzip
 import struct
 
@@ -16,7 +17,7 @@ def test_digits_split_is_fixed_scaled_and_stratified():
     assert b.x_train.shape == (1437, 1, 8, 8)
     torch.testing.assert_close(a.x_train, b.x_train.reshape(-1, 64))
     assert a.x_train.dtype == torch.float32 and a.x_train.min() == 0 and a.x_train.max() == 1
-    assert torch.bincount(a.y_test).tolist() == pytest.approx([36] * 10, abs=1)   # 20% of each digit
+    assert torch.bincount(a.y_test).tolist() == pytest.approx([36] * 10, abs=1)  # 20% of each digit
     torch.testing.assert_close(digits().x_test, a.x_test)
 
 
@@ -41,7 +42,7 @@ def test_shapes_factors_move_the_pixels_they_should():
     assert (cy - values["y"][f[:, 4]]).abs().max() < 1 / 32
     # area grows with the scale factor as (2 r)^2, r = 0.18 * 32 * scale
     side = 2 * 0.18 * 32 * values["scale"][f[:, 1]]
-    assert ((mass - side ** 2).abs() / side ** 2).max() < 0.35
+    assert ((mass - side**2).abs() / side**2).max() < 0.35
     assert torch.all(mass[f[:, 1] == 5].float().mean() > mass[f[:, 1] == 0].float().mean() * 3)
 
 

@@ -3,6 +3,7 @@
 Starting processes is the expensive part (each imports torch and Pyro), so one spawned group does all the
 distributed work (`_work`) and rank 0 saves what the tests compare against single-process runs here.
 """
+
 import json
 import math
 import sys
@@ -20,7 +21,7 @@ from zoo.gmm import GaussianMixture
 from zoo.vae import VAE
 
 NPROC = 2
-BATCH = 32                    # per process: a step sees NPROC x BATCH rows
+BATCH = 32  # per process: a step sees NPROC x BATCH rows
 EPOCHS = 2
 VAE_ARGS = dict(latent_dim=4, hidden=(32,))
 FIT_ARGS = dict(lr=3e-3, elbo="trace", progress=False)
@@ -29,8 +30,7 @@ FIT_ARGS = dict(lr=3e-3, elbo="trace", progress=False)
 def _mixture():
     mix = make_mixture(3000, 3, 3, seed=1)
     init = GaussianMixture(3, seed=0).initial_params(mix.X)
-    settings = dict(n_components=3, init=init[1], weights_init=init[0], covariances_init=init[2], tol=0,
-                    max_iter=30)
+    settings = dict(n_components=3, init=init[1], weights_init=init[0], covariances_init=init[2], tol=0, max_iter=30)
     return mix.X, settings
 
 
@@ -59,9 +59,12 @@ def _work(tmp):
     """Every rank runs this; rank 0 saves the results to tmp/results.pt."""
     import inference.checkpoint
     from zoo.cli import main
-    if distributed.rank() != 0:   # only rank 0 may write anything
+
+    if distributed.rank() != 0:  # only rank 0 may write anything
+
         def refuse(path, data):
             raise AssertionError(f"rank {distributed.rank()} wrote {path}")
+
         inference.checkpoint.atomic_write_bytes = refuse
     out = {}
 
@@ -71,10 +74,20 @@ def _work(tmp):
     out["gmm_trace"] = torch.as_tensor(gmm.log_likelihood_trace_)
 
     y = _y()
-    fit = inference.svi(_normal_mean, _normal_mean_guide, distributed.shard(y), steps=500, lr=0.05,
-                        schedule="exponential",
-                        batch_size=50, data_size=len(y), seed=distributed.rank_seed(0), progress=False,
-                        distributed=True, grad_hook=distributed.average_gradients)
+    fit = inference.svi(
+        _normal_mean,
+        _normal_mean_guide,
+        distributed.shard(y),
+        steps=500,
+        lr=0.05,
+        schedule="exponential",
+        batch_size=50,
+        data_size=len(y),
+        seed=distributed.rank_seed(0),
+        progress=False,
+        distributed=True,
+        grad_hook=distributed.average_gradients,
+    )
     out["hook_params"] = distributed.gather_object({k: v.clone() for k, v in fit.params.items()})
 
     x, x_test, _, _ = digits()
@@ -84,24 +97,51 @@ def _work(tmp):
     except inference.InvalidInputError:
         out["jit_refused"] = True
 
-    vae = VAE(**VAE_ARGS).fit(distributed.shard(x), epochs=EPOCHS, batch_size=BATCH, seed=0, **FIT_ARGS,
-                              distributed=True)
+    vae = VAE(**VAE_ARGS).fit(
+        distributed.shard(x), epochs=EPOCHS, batch_size=BATCH, seed=0, **FIT_ARGS, distributed=True
+    )
     out["vae_params"] = distributed.gather_object(_params(vae))
     out["vae_losses"] = torch.as_tensor(vae.losses_)
     out["vae_test_elbo"] = vae.elbo(x_test, num_samples=10, seed=0)
 
     # interrupted after one epoch, resumed from the checkpoint that rank 0 wrote
     ckpt = f"{tmp}/vae.pt"
-    VAE(**VAE_ARGS).fit(distributed.shard(x), epochs=1, batch_size=BATCH, seed=0, checkpoint=ckpt,
-                        **FIT_ARGS, distributed=True)
-    resumed = VAE(**VAE_ARGS).fit(distributed.shard(x), epochs=EPOCHS, batch_size=BATCH, seed=0,
-                                  checkpoint=ckpt, resume=True, **FIT_ARGS, distributed=True)
+    VAE(**VAE_ARGS).fit(
+        distributed.shard(x), epochs=1, batch_size=BATCH, seed=0, checkpoint=ckpt, **FIT_ARGS, distributed=True
+    )
+    resumed = VAE(**VAE_ARGS).fit(
+        distributed.shard(x),
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        seed=0,
+        checkpoint=ckpt,
+        resume=True,
+        **FIT_ARGS,
+        distributed=True,
+    )
     out["resumed_params"] = _params(resumed)
     out["resumed_steps"] = len(resumed.losses_)
 
     # the command line under a launcher (RANK/WORLD_SIZE are set): last, as it leaves the group
-    code = main(["fit", "vae", "--latent-dim", "2", "--epochs", "1", "--batch-size", "64", "--iwae-k", "2",
-                 "--patience", "1", "--out", f"{tmp}/cli", "--no-progress"])
+    code = main(
+        [
+            "fit",
+            "vae",
+            "--latent-dim",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--iwae-k",
+            "2",
+            "--patience",
+            "1",
+            "--out",
+            f"{tmp}/cli",
+            "--no-progress",
+        ]
+    )
     out["cli_code"] = code
     if distributed.rank() == 0:
         torch.save(out, f"{tmp}/results.pt")
@@ -160,15 +200,15 @@ def test_average_gradients_hook_keeps_pyro_params_identical_across_ranks(results
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     # and the averaged gradient is the full-data one: the guide finds the conjugate posterior of mu
     y = _y()
-    precision = 1 / 10.0 ** 2 + len(y)
-    mean, sd = float(y.sum()) / precision, precision ** -0.5
+    precision = 1 / 10.0**2 + len(y)
+    mean, sd = float(y.sum()) / precision, precision**-0.5
     assert abs(rank0["loc"].item() - mean) < 0.5 * sd
 
 
 def test_distributed_vae_matches_single_process_training_with_the_same_total_batch(results):
     res, _ = results
     x, x_test, _, _ = digits()
-    steps = EPOCHS * ((len(x) // NPROC) // BATCH)   # the smaller shard sets it
+    steps = EPOCHS * ((len(x) // NPROC) // BATCH)  # the smaller shard sets it
     assert len(res["vae_losses"]) == steps
     # Reference: single-process runs with the total batch (NPROC x BATCH) for the same number of steps.
     # The averaged gradient of NPROC shards x BATCH rows is an unbiased estimate with the same variance, so
@@ -179,7 +219,7 @@ def test_distributed_vae_matches_single_process_training_with_the_same_total_bat
     k = len(elbos)
     half_width = stats.t.ppf(0.9995, k - 1) * elbos.std(ddof=1) * math.sqrt(1 + 1 / k)
     assert abs(res["vae_test_elbo"] - elbos.mean()) <= half_width
-    assert res["vae_test_elbo"] > -40      # learned: an untrained VAE scores about -44 nats per image
+    assert res["vae_test_elbo"] > -40  # learned: an untrained VAE scores about -44 nats per image
     # The loss is on the full-data scale: step 0 (same initial networks as seed 0) estimates the same
     # N x per-image loss. A 64-row mean of per-image losses (sd about 5 nats around 44) varies by ~2%;
     # a loss scaled to one shard would be 50% off.

@@ -14,6 +14,7 @@ It is skipped, saying why, when the site is not built, when Debian's `chromium` 
 is absent, or when websocket-client (the `docs` extra) is not installed; with ZOO_DOCS_SITE_REQUIRED=1 (set
 by .ci/run) each of those is a failure instead.
 """
+
 import base64
 import functools
 import http.server
@@ -33,7 +34,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE = Path(os.environ.get("ZOO_DOCS_SITE", ROOT / "docs" / "_build" / "html"))   # or a site built elsewhere
+SITE = Path(os.environ.get("ZOO_DOCS_SITE", ROOT / "docs" / "_build" / "html"))  # or a site built elsewhere
 SCREENSHOTS = SITE.parent / "screenshots"
 BUILD = ".venv/bin/sphinx-build -W --keep-going -b html docs docs/_build/html"
 REQUIRED = os.environ.get("ZOO_DOCS_SITE_REQUIRED") == "1"
@@ -59,8 +60,17 @@ def _pages():
     if not (SITE / "index.html").exists():
         _unavailable(f"the documentation site is not built ({BUILD})")
     notebooks = sorted(p.relative_to(SITE).as_posix() for p in (SITE / "notebooks").glob("[0-9]*.html"))
-    others = ["gallery.html", "MATH.html", "bring_your_own_model.html", "install.html", "cli.html",
-              "benchmarks.html", "api/index.html", "api/inference.html", "api/zoo.html"]
+    others = [
+        "gallery.html",
+        "MATH.html",
+        "bring_your_own_model.html",
+        "install.html",
+        "cli.html",
+        "benchmarks.html",
+        "api/index.html",
+        "api/inference.html",
+        "api/zoo.html",
+    ]
     return ["index.html"] + notebooks + [p for p in others if (SITE / p).exists()]
 
 
@@ -70,6 +80,7 @@ class Page:
 
     def __init__(self, ws_url):
         import websocket
+
         self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
         self.next_id = 0
         self.events = []
@@ -104,8 +115,9 @@ class Page:
         raise TimeoutError(event)
 
     def evaluate(self, expression):
-        result = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True,
-                           timeout=60000)
+        result = self.call(
+            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True, timeout=60000
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression[:60]}...: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -134,8 +146,12 @@ class Page:
 
     def screenshot(self, path):
         height = self.evaluate("Math.min(document.documentElement.scrollHeight, 6000)")
-        shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                         clip={"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1})
+        shot = self.call(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1},
+        )
         path.write_bytes(base64.b64decode(shot["data"]))
 
     def close(self):
@@ -160,10 +176,23 @@ def site():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
     profile = tempfile.mkdtemp(prefix="zoo-chromium-")
-    proc = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                             "--disable-extensions", "--disable-dev-shm-usage", "--remote-debugging-port=0",
-                             f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            browser,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-dev-shm-usage",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     page = None
     try:
         port = None
@@ -176,7 +205,7 @@ def site():
             if m:
                 port = int(m.group(1))
         assert port, f"{browser} did not open its DevTools port"
-        threading.Thread(target=proc.stderr.read, daemon=True).start()      # keep the pipe drained
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
         req = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
         target = json.loads(urllib.request.urlopen(req, timeout=30).read())
         page = Page(target["webSocketDebuggerUrl"])
@@ -235,16 +264,16 @@ def test_every_page_loads_with_images_maths_and_no_console_errors(site):
         page.open(base + path)
         images = page.evaluate(IMAGES_LOADED)
         math = page.evaluate(MATH_TYPESET)
-        time.sleep(0.3)                    # let late requests (fonts) report
-        page.call("Runtime.evaluate", expression="0")      # collect pending events
+        time.sleep(0.3)  # let late requests (fonts) report
+        page.call("Runtime.evaluate", expression="0")  # collect pending events
         page.screenshot(SCREENSHOTS / _screenshot_name(path))
         problems = [f"image did not load: {src}" for src in images["broken"]]
         problems += [f"formula not typeset: {t!r}" for t in math["untypeset"]]
         problems += [f"MathJax error: {t!r}" for t in math["errors"]]
         problems += page.errors()
-        if path.startswith("notebooks/") and images["count"] < 2:   # the logo, then the figures
+        if path.startswith("notebooks/") and images["count"] < 2:  # the logo, then the figures
             problems.append(f"a notebook page with {images['count']} images: its figures are missing")
-        if path == "MATH.html" and math["typeset"] < 8:            # its display formulas at least
+        if path == "MATH.html" and math["typeset"] < 8:  # its display formulas at least
             problems.append(f"MATH page: only {math['typeset']} typeset formulas (mjx-container)")
         failures += [f"{path}: {p}" for p in problems]
     assert not failures, "\n".join(failures)
@@ -303,7 +332,7 @@ def test_internal_links_resolve():
     html_files = sorted(SITE.rglob("*.html"))
     for source in html_files:
         if any(part.startswith("_") for part in source.relative_to(SITE).parts[:-1]):
-            continue        # the theme's templates in _static/, sources and highlighted code in _modules/
+            continue  # the theme's templates in _static/, sources and highlighted code in _modules/
         for href in parse(source).hrefs:
             url = urllib.parse.urlsplit(href)
             if url.scheme or url.netloc or href.startswith(("mailto:", "javascript:", "data:")):

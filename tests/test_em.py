@@ -1,5 +1,6 @@
 """inference.variational_em: with the exact E-step it is EM (MATH.md §1), checked against a closed-form
 EM written here from the textbook updates; with a gradient E-step it still climbs to the MLE."""
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -31,11 +32,11 @@ def closed_form_em(X, iters):
     w, loc, var = INIT_W.clone(), INIT_LOC.clone(), INIT_SCALE.clone() ** 2
     trace = []
     for _ in range(iters + 1):
-        log_joint = (torch.log(w) + dist.Normal(loc, var.sqrt()).log_prob(X[:, None, :]).sum(-1))
+        log_joint = torch.log(w) + dist.Normal(loc, var.sqrt()).log_prob(X[:, None, :]).sum(-1)
         log_lik = torch.logsumexp(log_joint, dim=1)
         trace.append(log_lik.sum().item())
-        r = torch.exp(log_joint - log_lik[:, None])                    # E-step: responsibilities
-        nk = r.sum(0)                                                   # M-step
+        r = torch.exp(log_joint - log_lik[:, None])  # E-step: responsibilities
+        nk = r.sum(0)  # M-step
         w = nk / len(X)
         loc = (r.T @ X) / nk[:, None]
         var = (r.T @ X**2) / nk[:, None] - loc**2
@@ -53,8 +54,9 @@ def X():
 def test_exact_e_step_reproduces_closed_form_em(X):
     torch.set_default_dtype(torch.float64)
     iters = 8
-    fit = inference.variational_em(mixture_model, None, X, max_iter=iters, tol=0, m_steps=100,
-                                   max_plate_nesting=1, progress=False)
+    fit = inference.variational_em(
+        mixture_model, None, X, max_iter=iters, tol=0, m_steps=100, max_plate_nesting=1, progress=False
+    )
     expected = -closed_form_em(X, iters)
     assert fit.method == "variational_em" and len(fit.losses) == iters + 1
     # The M-step is solved by L-BFGS to gradient tolerance 1e-12 rather than in closed form, so the
@@ -64,8 +66,7 @@ def test_exact_e_step_reproduces_closed_form_em(X):
 
 def test_exact_em_never_decreases_the_likelihood(X):
     torch.set_default_dtype(torch.float64)
-    fit = inference.variational_em(mixture_model, None, X, max_iter=30, tol=1e-10,
-                                   max_plate_nesting=1, progress=False)
+    fit = inference.variational_em(mixture_model, None, X, max_iter=30, tol=1e-10, max_plate_nesting=1, progress=False)
     assert np.all(np.diff(fit.losses) <= 1e-9 * np.abs(fit.losses[1:]))
     assert fit.diagnostics["converged"]
     # point estimates travel as a point-mass posterior
@@ -90,8 +91,19 @@ def test_gradient_e_step_reaches_the_mle():
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(m, s))
 
-    fit = inference.variational_em(model, guide, x, max_iter=25, e_steps=30, m_steps=20, lr=0.05,
-                                   m_step="adam", elbo="trace", tol=0, progress=False)
+    fit = inference.variational_em(
+        model,
+        guide,
+        x,
+        max_iter=25,
+        e_steps=30,
+        m_steps=20,
+        lr=0.05,
+        m_step="adam",
+        elbo="trace",
+        tol=0,
+        progress=False,
+    )
     # The optimum q(z_n) is the exact posterior N((x_n + mu)/2, 1/2): the bound is tight there, so the
     # M-step's fixed point is the MLE. Tolerance: a few posterior sds of the Monte-Carlo gradient noise.
     assert abs(fit.params["mu"].item() - x.mean().item()) < 0.1
@@ -103,6 +115,7 @@ def test_exact_e_step_needs_enumerated_sites():
     def model(x):
         mu = pyro.param("mu", torch.tensor(0.0))
         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
     with pytest.raises(InvalidInputError, match="no enumerated discrete sites"):
         inference.variational_em(model, None, torch.randn(5), progress=False)
 
@@ -110,5 +123,6 @@ def test_exact_e_step_needs_enumerated_sites():
 def test_model_without_parameters_is_refused():
     def model(x):
         pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
     with pytest.raises(InvalidInputError, match="no pyro.param sites"):
         inference.variational_em(model, None, torch.randn(5), progress=False)

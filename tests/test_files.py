@@ -1,12 +1,14 @@
 """Saved files hold tensors and plain data only; a tampered, truncated or foreign file is a clear error."""
+
 import os
 
 import pytest
 import torch
 
 import zoo
-from inference.checkpoint import atomic_output, atomic_write_text, load_checkpoint, save_checkpoint
+from inference.checkpoint import load_checkpoint, save_checkpoint
 from inference.errors import CheckpointError
+from inference.files import atomic_output, atomic_write_text
 
 
 class Payload:
@@ -15,7 +17,7 @@ class Payload:
 
 def test_a_file_with_pickled_objects_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
-    torch.save({"payload": Payload()}, path)   # not a tensor or plain data
+    torch.save({"payload": Payload()}, path)  # not a tensor or plain data
     with pytest.raises(CheckpointError, match="cannot be read safely"):
         load_checkpoint(path)
 
@@ -35,7 +37,7 @@ def test_tampered_vae_file(tmp_path):
     path = vae.save(tmp_path / "vae.pt")
     assert torch.allclose(zoo.VAE.load(path).encode(x)[0], vae.encode(x)[0])
     state = load_checkpoint(path)
-    del state["decoder"][next(iter(state["decoder"]))]                   # a weight goes missing
+    del state["decoder"][next(iter(state["decoder"]))]  # a weight goes missing
     save_checkpoint(path, state)
     with pytest.raises(CheckpointError, match="consistent VAE"):
         zoo.VAE.load(path)
@@ -49,8 +51,8 @@ def test_atomic_write_replaces_whole_files_only(tmp_path):
     assert path.read_text() == "x\n1\n"
     atomic_write_text(path, "x\n2\n")
     assert path.read_text() == "x\n2\n"
-    assert [p.name for p in path.parent.iterdir()] == ["result.csv"]      # no temporary file left
-    assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)                # usual permissions
+    assert [p.name for p in path.parent.iterdir()] == ["result.csv"]  # no temporary file left
+    assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)  # usual permissions
 
 
 def test_atomic_output_removes_a_failed_write(tmp_path):
@@ -61,5 +63,5 @@ def test_atomic_output_removes_a_failed_write(tmp_path):
         with atomic_output(target) as tmp:
             tmp.write_text("half of the second")
             raise RuntimeError("the writer crashed")
-    assert target.read_text() == "first"                              # the old file is untouched
-    assert [p.name for p in tmp_path.iterdir()] == ["result.nc"]      # and no temporary file is left
+    assert target.read_text() == "first"  # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["result.nc"]  # and no temporary file is left

@@ -1,5 +1,6 @@
 """A real training process killed mid-run loses nothing: its last checkpoint is whole, and resuming from
 it reaches the same numbers as a run that was never interrupted."""
+
 import subprocess
 import sys
 import textwrap
@@ -46,11 +47,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     ckpt = tmp_path / "interrupted.pt"
     proc = run(script, ckpt, "slow")
     deadline = time.time() + 60
-    while time.time() < deadline:             # wait until a few checkpoints have been written
+    while time.time() < deadline:  # wait until a few checkpoints have been written
         if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 35:
             break
         time.sleep(0.05)
-    proc.kill()                               # SIGKILL: no chance to clean up
+    proc.kill()  # SIGKILL: no chance to clean up
     proc.wait()
     killed_at = load_checkpoint(ckpt)["step"]  # the file is whole (atomic writes), not half-written
     assert 35 <= killed_at < 200

@@ -1,8 +1,5 @@
-"""Laplace approximation: exact on Gaussian posteriors, constraints respected, clear errors.
+"""Laplace approximation: exact on Gaussian posteriors, constraints respected, clear errors."""
 
-The conjugate models and their closed-form posteriors defined here are also the references of
-test_nuts.py and test_compare.py.
-"""
 import math
 
 import numpy as np
@@ -10,61 +7,18 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import NormalMean, Regression, mixture_model
 from pyro.distributions import constraints
 
 from inference.errors import InvalidInputError
 from inference.laplace import laplace
 
-# --- conjugate models with closed-form posteriors ------------------------------------------------
-
-PRIOR_LOC, PRIOR_SCALE, NOISE = 1.0, 2.0, 1.5          # normal mean: mu ~ N(1, 2²), x_i ~ N(mu, 1.5²)
-ALPHA, SIGMA = 0.5, 0.3                                # regression: w ~ N(0, 1/alpha I), y ~ N(Xw, 0.3²)
-
-
-def normal_mean_model(x):
-    mu = pyro.sample("mu", dist.Normal(PRIOR_LOC, PRIOR_SCALE))
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("x", dist.Normal(mu, NOISE), obs=x)
-
-
-def normal_mean_data(n=30, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return 2.5 + NOISE * torch.randn(n, generator=g)
-
-
-def normal_mean_posterior(x):
-    """(mean, sd) of mu | x: precision 1/s0² + n/σ², mean = (m0/s0² + Σx/σ²) / precision."""
-    x = x.double()
-    precision = 1 / PRIOR_SCALE ** 2 + x.numel() / NOISE ** 2
-    return float((PRIOR_LOC / PRIOR_SCALE ** 2 + x.sum() / NOISE ** 2) / precision), precision ** -0.5
-
-
-def regression_model(X, y):
-    w = pyro.sample("w", dist.Normal(torch.zeros(X.shape[1]), ALPHA ** -0.5).to_event(1))
-    with pyro.plate("data", X.shape[0]):
-        pyro.sample("y", dist.Normal(X @ w, SIGMA), obs=y)
-
-
-def regression_data(n=40, p=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, p, generator=g)
-    y = X @ torch.tensor([1.0, -2.0, 0.5])[:p] + SIGMA * torch.randn(n, generator=g)
-    return X, y
-
-
-def regression_posterior(X, y):
-    """(mean [p], covariance [p, p]) of w | X, y: Λ = αI + XᵀX/σ², mean = Λ⁻¹ Xᵀy/σ²."""
-    X, y = X.double(), y.double()
-    precision = ALPHA * torch.eye(X.shape[1], dtype=X.dtype) + X.T @ X / SIGMA ** 2
-    covariance = torch.linalg.inv(precision)
-    return covariance @ X.T @ y / SIGMA ** 2, covariance
-
-
-def regression_log_evidence(X, y):
-    """log p(y | X): y ~ N(0, σ² I + X Xᵀ / α)."""
-    X, y = X.double(), y.double()
-    cov = SIGMA ** 2 * torch.eye(X.shape[0], dtype=X.dtype) + X @ X.T / ALPHA
-    return float(dist.MultivariateNormal(torch.zeros_like(y), cov).log_prob(y))
+# --- conjugate models with closed-form posteriors (tests/conftest.py) -----------------------------
+NORMAL_MEAN = NormalMean(prior_loc=1.0, prior_scale=2.0, noise=1.5)  # mu ~ N(1, 2²), x_i ~ N(mu, 1.5²)
+REGRESSION = Regression(alpha=0.5, sigma=0.3)  # w ~ N(0, 1/α I), y ~ N(Xw, 0.3²)
+normal_mean_model, normal_mean_data, normal_mean_posterior = NORMAL_MEAN.model, NORMAL_MEAN.data, NORMAL_MEAN.posterior
+regression_model, regression_data = REGRESSION.model, REGRESSION.data
+regression_posterior, regression_log_evidence = REGRESSION.posterior, REGRESSION.log_evidence
 
 
 def assert_relative(actual, expected, rtol=1e-5):
@@ -77,13 +31,14 @@ def assert_relative(actual, expected, rtol=1e-5):
 
 # --- exactness on Gaussian posteriors -------------------------------------------------------------
 
+
 def test_normal_mean_is_exact():
     x = normal_mean_data()
     mean, sd = normal_mean_posterior(x)
     fit = laplace(normal_mean_model, x)
     assert fit.method == "laplace" and fit.seconds > 0
     assert_relative(fit.params["mu"], torch.tensor(mean))
-    assert_relative(fit.diagnostics["covariance"], torch.tensor([[sd ** 2]]))
+    assert_relative(fit.diagnostics["covariance"], torch.tensor([[sd**2]]))
     assert fit.diagnostics["converged"]
     # losses are U per iteration: they never increase (strong-Wolfe steps decrease U)
     assert np.all(np.diff(fit.losses) <= 1e-9 * np.abs(fit.losses[:-1]))
@@ -124,6 +79,7 @@ def test_draws_are_seeded():
 
 # --- constrained sites, enumeration, a given point -------------------------------------------------
 
+
 def scale_model(x):
     sigma = pyro.sample("sigma", dist.HalfCauchy(1.0))
     weights = pyro.sample("weights", dist.Dirichlet(torch.ones(3)))
@@ -143,21 +99,15 @@ def test_constrained_sites_respect_their_support():
     assert (fit.params["sigma"] > 0) and torch.isfinite(torch.as_tensor(fit.log_weights(20))).all()
 
 
-def mixture_model(x):
-    mu = pyro.sample("mu", dist.Normal(torch.tensor([-1.0, 1.0]), 3.0).to_event(1))
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Categorical(torch.tensor([0.3, 0.7])))
-        pyro.sample("x", dist.Normal(mu[z], 1.0), obs=x)
-
-
 def test_discrete_sites_are_summed_out():
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(15, generator=g) - 2, torch.randn(35, generator=g) + 2])
     fit = laplace(mixture_model, x, max_plate_nesting=1)
     mu = fit.params["mu"].double().requires_grad_(True)
     # U(mu) by hand: -log N(mu; m0, 3²) - Σ_n log Σ_k π_k N(x_n; mu_k, 1)
-    log_lik = torch.logsumexp(torch.log(torch.tensor([0.3, 0.7], dtype=mu.dtype))
-                              + dist.Normal(mu, 1.0).log_prob(x.double()[:, None]), -1).sum()
+    log_lik = torch.logsumexp(
+        torch.log(torch.tensor([0.3, 0.7], dtype=mu.dtype)) + dist.Normal(mu, 1.0).log_prob(x.double()[:, None]), -1
+    ).sum()
     U = -(dist.Normal(torch.tensor([-1.0, 1.0], dtype=mu.dtype), 3.0).log_prob(mu).sum() + log_lik)
     (grad,) = torch.autograd.grad(U, mu)
     assert fit.diagnostics["potential"] == pytest.approx(float(U.detach()), rel=1e-6)
@@ -167,12 +117,12 @@ def test_discrete_sites_are_summed_out():
 def double_well_model():
     a = pyro.sample("a", dist.Normal(0.0, 1.0))
     x = pyro.sample("x", dist.Normal(0.0, 10.0))
-    pyro.factor("well", -4 * (x ** 2 - 1) ** 2 - a * x / 10)
+    pyro.factor("well", -4 * (x**2 - 1) ** 2 - a * x / 10)
 
 
 def double_well_hessian(a, x):
     """d²U/d(a, x)² for U = a²/2 + x²/200 + 4(x² - 1)² + a x / 10."""
-    return torch.tensor([[1.0, 0.1], [0.1, 1 / 100 + 4 * (12 * x ** 2 - 4)]], dtype=torch.float64)
+    return torch.tensor([[1.0, 0.1], [0.1, 1 / 100 + 4 * (12 * x**2 - 4)]], dtype=torch.float64)
 
 
 def test_given_point_gives_the_curvature_there():
@@ -182,8 +132,14 @@ def test_given_point_gives_the_curvature_there():
     H = double_well_hessian(a, x)
     assert_relative(fit.diagnostics["hessian"], H, rtol=1e-10)
     assert fit.diagnostics["log_det_hessian"] == pytest.approx(math.log(torch.linalg.det(H)), rel=1e-10)
-    U = a ** 2 / 2 + x ** 2 / 200 + 4 * (x ** 2 - 1) ** 2 + a * x / 10 \
-        + 0.5 * math.log(2 * math.pi) + math.log(10 * math.sqrt(2 * math.pi))
+    U = (
+        a**2 / 2
+        + x**2 / 200
+        + 4 * (x**2 - 1) ** 2
+        + a * x / 10
+        + 0.5 * math.log(2 * math.pi)
+        + math.log(10 * math.sqrt(2 * math.pi))
+    )
     assert fit.diagnostics["potential"] == pytest.approx(U, rel=1e-10)
     assert fit.losses.size == 1 and fit.losses[0] == pytest.approx(U)
 
@@ -200,7 +156,7 @@ def test_saddle_point_names_the_site():
 def flat_prior_model(x):
     mu = pyro.sample("mu", dist.ImproperUniform(constraints.real, (), ()))
     with pyro.plate("data", x.shape[0]):
-        pyro.sample("x", dist.Normal(mu, NOISE), obs=x)
+        pyro.sample("x", dist.Normal(mu, NORMAL_MEAN.noise), obs=x)
 
 
 def unidentified_model(x):
@@ -208,7 +164,7 @@ def unidentified_model(x):
     b = pyro.sample("b", dist.ImproperUniform(constraints.real, (), ()))
     c = pyro.sample("c", dist.Normal(0.0, 1.0))
     with pyro.plate("data", x.shape[0]):
-        pyro.sample("x", dist.Normal(a + b + c, NOISE), obs=x)
+        pyro.sample("x", dist.Normal(a + b + c, NORMAL_MEAN.noise), obs=x)
 
 
 def test_flat_prior_gives_the_likelihood_curvature():
@@ -217,7 +173,7 @@ def test_flat_prior_gives_the_likelihood_curvature():
     for init in ({"mu": 0.0}, None):
         fit = laplace(flat_prior_model, x, init=init)
         assert_relative(fit.params["mu"], x.double().mean())
-        assert_relative(fit.diagnostics["covariance"], torch.tensor([[NOISE ** 2 / x.numel()]]))
+        assert_relative(fit.diagnostics["covariance"], torch.tensor([[NORMAL_MEAN.noise**2 / x.numel()]]))
 
 
 def test_flat_direction_at_the_mode_names_the_sites():
@@ -228,6 +184,7 @@ def test_flat_direction_at_the_mode_names_the_sites():
 
 
 # --- bad input ------------------------------------------------------------------------------------
+
 
 def observed_only_model(x):
     with pyro.plate("data", x.shape[0]):
@@ -246,14 +203,17 @@ def test_nan_data_is_an_error():
         laplace(normal_mean_model, x)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"init": {"nope": 1.0}}, "not latent sites"),
-    ({"init": {"a": 0.0}, "optimize": False}, "missing"),
-    ({"optimize": False}, "needs init"),
-    ({"max_iter": 0}, "max_iter"),
-    ({"init": [1.0]}, "init must be a dict"),
-    ({"init": {"x": [1.0, 2.0]}}, "shape"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"init": {"nope": 1.0}}, "not latent sites"),
+        ({"init": {"a": 0.0}, "optimize": False}, "missing"),
+        ({"optimize": False}, "needs init"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"init": [1.0]}, "init must be a dict"),
+        ({"init": {"x": [1.0, 2.0]}}, "shape"),
+    ],
+)
 def test_bad_arguments_are_errors(kwargs, message):
     with pytest.raises(InvalidInputError, match=message):
         laplace(double_well_model, **kwargs)

@@ -1,4 +1,5 @@
 """Disentanglement metrics on codes whose relation to the factors is known by construction."""
+
 import numpy as np
 import pytest
 import torch
@@ -23,7 +24,7 @@ def test_entropy_and_mutual_information_of_exact_codes():
 
 def test_mig_is_one_for_a_disentangled_code_and_drops_when_factors_mix():
     f = full_grid([3, 4, 5])
-    codes = 2.0 * f + 1.0                                   # any monotone map of each factor
+    codes = 2.0 * f + 1.0  # any monotone map of each factor
     assert mig(codes, f) == pytest.approx(1.0)
     # two latents carry the first factor equally: its gap is 0, the others keep theirs
     dup = np.column_stack([codes[:, 0], codes])
@@ -33,7 +34,7 @@ def test_mig_is_one_for_a_disentangled_code_and_drops_when_factors_mix():
     # a rotated code spreads each factor over two latents
     rotated = np.column_stack([f[:, 0] + f[:, 1], f[:, 0] - f[:, 1], f[:, 2]]).astype(float)
     assert mig(rotated, f) < 0.7
-    assert mig(torch.tensor(codes), torch.tensor(f)) == pytest.approx(1.0)   # tensors are accepted
+    assert mig(torch.tensor(codes), torch.tensor(f)) == pytest.approx(1.0)  # tensors are accepted
 
 
 def test_mig_ignores_constant_factors_and_rejects_bad_input():
@@ -53,9 +54,9 @@ def test_mig_ignores_constant_factors_and_rejects_bad_input():
 def test_factorvae_score_perfect_for_a_disentangled_code_and_chance_for_noise():
     f = full_grid([4, 6, 8, 8])
     rng = np.random.default_rng(1)
-    codes = np.column_stack([f, rng.normal(size=len(f))]).astype(float)   # plus one nuisance latent
+    codes = np.column_stack([f, rng.normal(size=len(f))]).astype(float)  # plus one nuisance latent
     assert factorvae_score(codes, f, seed=0) == 1.0
     noise = rng.normal(size=(len(f), 5))
-    assert factorvae_score(noise, f, seed=0) < 0.5          # chance is 1/4; a perfect code scores 1
+    assert factorvae_score(noise, f, seed=0) < 0.5  # chance is 1/4; a perfect code scores 1
     # collapsed latents (variance below the threshold) are never chosen
     assert factorvae_score(np.zeros((len(f), 3)), f) == 0.0

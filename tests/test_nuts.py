@@ -1,5 +1,6 @@
 """NUTS: within Monte-Carlo error of closed-form posteriors, chains and diagnostics carried to ArviZ;
 the compiled potential, parallel chains, the dense mass matrix and the Laplace start."""
+
 import math
 import warnings
 
@@ -8,15 +9,25 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import mixture_model
 from pyro.infer.mcmc.util import initialize_model
+from test_laplace import (
+    normal_mean_data,
+    normal_mean_model,
+    normal_mean_posterior,
+    observed_only_model,
+    regression_data,
+    regression_model,
+    regression_posterior,
+)
 
+from inference.common import cpu_count
 from inference.diagnostics import compare
 from inference.errors import InvalidInputError
 from inference.laplace import laplace
-from inference.mcmc import _cpu_count, _windows, nuts
+from inference.mcmc import nuts
+from inference.nuts_sampler import adaptation_windows
 from inference.potential import FlatPotential
-from test_laplace import (mixture_model, normal_mean_data, normal_mean_model, normal_mean_posterior,
-                          observed_only_model, regression_data, regression_model, regression_posterior)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
@@ -27,14 +38,22 @@ NUM_SAMPLES, WARMUP = 300, 200
 
 @pytest.fixture(scope="module")
 def normal_fit():
-    return nuts(normal_mean_model, normal_mean_data(), num_samples=NUM_SAMPLES, warmup_steps=WARMUP,
-                num_chains=2, seed=0, progress=False)
+    return nuts(
+        normal_mean_model,
+        normal_mean_data(),
+        num_samples=NUM_SAMPLES,
+        warmup_steps=WARMUP,
+        num_chains=2,
+        seed=0,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def regression_fit():
-    return nuts(regression_model, *regression_data(), num_samples=NUM_SAMPLES, warmup_steps=WARMUP,
-                seed=1, progress=False)
+    return nuts(
+        regression_model, *regression_data(), num_samples=NUM_SAMPLES, warmup_steps=WARMUP, seed=1, progress=False
+    )
 
 
 def assert_within_mc_error(fit, site, mean, sd):
@@ -102,8 +121,16 @@ def test_compare_against_nuts_reference(normal_fit):
 
 def test_chains_are_seeded():
     def run(seed):
-        return nuts(normal_mean_model, normal_mean_data(), num_samples=20, warmup_steps=20, num_chains=2,
-                    seed=seed, progress=False).chains["mu"]
+        return nuts(
+            normal_mean_model,
+            normal_mean_data(),
+            num_samples=20,
+            warmup_steps=20,
+            num_chains=2,
+            seed=seed,
+            progress=False,
+        ).chains["mu"]
+
     first = run(0)
     assert torch.equal(first, run(0)) and not torch.equal(first, run(1))
     assert not torch.equal(first[0], first[1])  # chain c runs with seed + c
@@ -114,7 +141,7 @@ def test_discrete_sites_are_enumerated():
     x = torch.cat([torch.randn(15, generator=g) - 2, torch.randn(35, generator=g) + 2])
     fit = nuts(mixture_model, x, num_samples=100, warmup_steps=100, max_plate_nesting=1, progress=False)
     assert set(fit.chains) == {"mu"} and fit.chains["mu"].shape == (1, 100, 2)
-    assert fit.diagnostics["potential"] == "compiled"     # Pyro's enumerated sum is captured too
+    assert fit.diagnostics["potential"] == "compiled"  # Pyro's enumerated sum is captured too
     # the marginal posterior is nearly Gaussian here: the draws centre on the Laplace mode (5 sds allow
     # for the Monte-Carlo error of 100 correlated draws and the mode-mean gap)
     mode = laplace(mixture_model, x, max_plate_nesting=1)
@@ -139,15 +166,14 @@ def test_bad_input():
 
 def short_run(**kwargs):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")     # 40 draws are too few for the verdict; only equality is checked
-        return nuts(normal_mean_model, normal_mean_data(), num_samples=40, warmup_steps=40, progress=False,
-                    **kwargs)
+        warnings.simplefilter("ignore")  # 40 draws are too few for the verdict; only equality is checked
+        return nuts(normal_mean_model, normal_mean_data(), num_samples=40, warmup_steps=40, progress=False, **kwargs)
 
 
 def test_parallel_chains_draw_what_sequential_chains_draw():
     parallel = short_run(num_chains=2, seed=3, chain_method="parallel")
     sequential = short_run(num_chains=2, seed=3, chain_method="sequential")
-    if _cpu_count() > 1:
+    if cpu_count() > 1:
         assert parallel.diagnostics["chain_method"].startswith("parallel")
     assert sequential.diagnostics["chain_method"] == "sequential"
     assert torch.equal(parallel.chains["mu"], sequential.chains["mu"])
@@ -161,8 +187,7 @@ def test_parallel_chains_draw_what_sequential_chains_draw():
 def flat_potential(model, *data, compile=True, seed=0):
     pyro.set_rng_seed(seed)
     params, potential_fn, transforms, trace = initialize_model(model, data)
-    return FlatPotential(potential_fn, transforms, params, [n for n in trace.nodes if n in params],
-                         compile=compile)
+    return FlatPotential(potential_fn, transforms, params, [n for n in trace.nodes if n in params], compile=compile)
 
 
 def test_compiled_potential_and_gradient_equal_pyros():
@@ -170,7 +195,7 @@ def test_compiled_potential_and_gradient_equal_pyros():
     eager = flat_potential(regression_model, *regression_data(), compile=False)
     assert compiled.compiled and compiled.note == "" and not eager.compiled
     g = np.random.default_rng(0)
-    for z in g.normal(0, 3, size=(5, compiled.dim)):   # far from the point it was captured at
+    for z in g.normal(0, 3, size=(5, compiled.dim)):  # far from the point it was captured at
         U, grad = compiled(z)
         U_ref, grad_ref = eager(z)
         # the same float32 operations, possibly in another order: a few float32 ulps of the largest term
@@ -196,7 +221,7 @@ def two_piece_model():
     # an improper flat prior whose density is written with a Python branch on the value:
     # exp(-x²/2) right of 0, exp(-x²/8) left of it
     x = pyro.sample("x", dist.ImproperUniform(dist.constraints.real, (), ()))
-    pyro.factor("density", -0.5 * x ** 2 if x.item() > 0 else -0.125 * x ** 2)
+    pyro.factor("density", -0.5 * x**2 if x.item() > 0 else -0.125 * x**2)
 
 
 def test_compile_false_samples_a_value_dependent_model():
@@ -205,12 +230,13 @@ def test_compile_false_samples_a_value_dependent_model():
     # two half-normals with sds 1 (right, mass 1/3) and 2 (left, 2/3): mean (1 - 4) / (1.5 sqrt(2π)),
     # second moment (1/2 + 4) / 1.5 = 3
     mean = -3 / (1.5 * math.sqrt(2 * math.pi))
-    sd = math.sqrt(3 - mean ** 2)
+    sd = math.sqrt(3 - mean**2)
     idata = fit.to_inference_data()
     mcse = float(az.mcse(idata, var_names=["x"], method="mean")["x"])
     assert abs(fit.chains["x"].double().mean().item() - mean) <= 4 * mcse
-    assert abs(fit.chains["x"].double().std().item() - sd) <= 4 * float(az.mcse(idata, var_names=["x"],
-                                                                                method="sd")["x"])
+    assert abs(fit.chains["x"].double().std().item() - sd) <= 4 * float(
+        az.mcse(idata, var_names=["x"], method="sd")["x"]
+    )
 
 
 def correlated_regression_data(n=40, seed=0):
@@ -228,8 +254,17 @@ def test_laplace_start_needs_no_warmup(dense_mass):
     # the inverse mass matrix, NUTS samples correctly with no warm-up at all. Dense: the ridge of nearly
     # collinear predictors; diagonal: the plain regression (a diagonal cannot undo a ridge's correlation).
     X, y = correlated_regression_data() if dense_mass else regression_data()
-    fit = nuts(regression_model, X, y, num_samples=300, warmup_steps=0, seed=2, init="laplace",
-               dense_mass=dense_mass, progress=False)
+    fit = nuts(
+        regression_model,
+        X,
+        y,
+        num_samples=300,
+        warmup_steps=0,
+        seed=2,
+        init="laplace",
+        dense_mass=dense_mass,
+        progress=False,
+    )
     mean, covariance = regression_posterior(X, y)
     assert_within_mc_error(fit, "w", mean.numpy(), covariance.diag().sqrt().numpy())
     assert fit.diagnostics["converged"]
@@ -241,8 +276,7 @@ def test_laplace_start_needs_no_warmup(dense_mass):
 
 def test_dense_mass_adapts_to_a_correlated_posterior():
     X, y = correlated_regression_data()
-    fit = nuts(regression_model, X, y, num_samples=300, warmup_steps=300, seed=1, dense_mass=True,
-               progress=False)
+    fit = nuts(regression_model, X, y, num_samples=300, warmup_steps=300, seed=1, dense_mass=True, progress=False)
     mean, covariance = regression_posterior(X, y)
     assert_within_mc_error(fit, "w", mean.numpy(), covariance.diag().sqrt().numpy())
     # a dense metric turns the ridge into a round Gaussian: short trajectories after warm-up
@@ -251,9 +285,9 @@ def test_dense_mass_adapts_to_a_correlated_posterior():
 
 def test_adaptation_windows_are_stans():
     # Stan's schedule for 1000 warm-up steps: buffers of 75 and 50 around windows 25, 50, 100, 200, 500
-    assert _windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
-    assert _windows(500) == [(75, 100), (100, 150), (150, 250), (250, 450)]
-    assert _windows(100) == [(15, 90)] and _windows(19) == []
+    assert adaptation_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
+    assert adaptation_windows(500) == [(75, 100), (100, 150), (150, 250), (250, 450)]
+    assert adaptation_windows(100) == [(15, 90)] and adaptation_windows(19) == []
 
 
 def test_background_chains_give_the_same_draws():

@@ -4,6 +4,7 @@ the closed forms are right, and NUTS finds the reference means.
 The log densities here are written a second time, from the Stan code, in numpy/scipy (loops where Stan
 loops, transformed data computed from the raw JSON), independently of ``zoo/posteriordb/models.py``.
 """
+
 import json
 import math
 import re
@@ -30,11 +31,17 @@ CONJUGATE = [n for n in NAMES if n.startswith("conjugate-")]
 # ---- helpers ----------------------------------------------------------------------------------------
 def raw_data(name):
     """posteriordb's data block of posterior ``name``, read from the shipped zip (numpy arrays)."""
-    data_name = {"earnings-earn_height": "earnings", "earnings-logearn_interaction_z": "earnings",
-                 "kilpisjarvi_mod-kilpisjarvi": "kilpisjarvi_mod", "nes2000-nes": "nes2000",
-                 "diamonds-diamonds": "diamonds", "garch-garch11": "garch",
-                 "gp_pois_regr-gp_pois_regr": "gp_pois_regr", "arma-arma11": "arma",
-                 "hmm_example-hmm_example": "hmm_example"}[name]
+    data_name = {
+        "earnings-earn_height": "earnings",
+        "earnings-logearn_interaction_z": "earnings",
+        "kilpisjarvi_mod-kilpisjarvi": "kilpisjarvi_mod",
+        "nes2000-nes": "nes2000",
+        "diamonds-diamonds": "diamonds",
+        "garch-garch11": "garch",
+        "gp_pois_regr-gp_pois_regr": "gp_pois_regr",
+        "arma-arma11": "arma",
+        "hmm_example-hmm_example": "hmm_example",
+    }[name]
     with zipfile.ZipFile(posteriordb.DATA_DIR / f"{data_name}.json.zip") as z:
         d = json.loads(z.read(f"{data_name}.json"))
     return {k: np.asarray(v, dtype=float) for k, v in d.items()}
@@ -69,8 +76,11 @@ def trace_at(p, values):
 
 
 def latent_sites(trace):
-    return [n for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]
-            and not poutine.util.site_is_subsample(s)]
+    return [
+        n
+        for n, s in trace.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"] and not poutine.util.site_is_subsample(s)
+    ]
 
 
 def perturbed(p, values, seed, size=0.5):
@@ -80,8 +90,9 @@ def perturbed(p, values, seed, size=0.5):
     trace = trace_at(p, values)
     out = {}
     for site, value in values.items():
-        sds = np.array([p.reference[label][1] for label, _ in
-                        flat_elements({site: value.numpy()[None]}, [site])]).reshape(value.shape)
+        sds = np.array(
+            [p.reference[label][1] for label, _ in flat_elements({site: value.numpy()[None]}, [site])]
+        ).reshape(value.shape)
         step = size * sds * rng.choice([-1.0, 1.0], size=value.shape)
         support = trace.nodes[site]["fn"].support
         while True:
@@ -113,23 +124,38 @@ def logearn_interaction_z_logp(v, d):
 
 def nes_logp(v, d):
     b, age = v["beta"], d["age_discrete"]
-    mean = (b[0] + b[1] * d["real_ideo"] + b[2] * d["race_adj"] + b[3] * (age == 2) + b[4] * (age == 3)
-            + b[5] * (age == 4) + b[6] * d["educ1"] + b[7] * d["gender"] + b[8] * d["income"])
+    mean = (
+        b[0]
+        + b[1] * d["real_ideo"]
+        + b[2] * d["race_adj"]
+        + b[3] * (age == 2)
+        + b[4] * (age == 3)
+        + b[5] * (age == 4)
+        + b[6] * d["educ1"]
+        + b[7] * d["gender"]
+        + b[8] * d["income"]
+    )
     return norm.logpdf(d["partyid7"], mean, v["sigma"]).sum()
 
 
 def kilpisjarvi_logp(v, d):
-    return (norm.logpdf(v["alpha"], d["pmualpha"], d["psalpha"])
-            + norm.logpdf(v["beta"], d["pmubeta"], d["psbeta"])
-            + norm.logpdf(d["y"], v["alpha"] + v["beta"] * d["x"], v["sigma"]).sum())
+    return (
+        norm.logpdf(v["alpha"], d["pmualpha"], d["psalpha"])
+        + norm.logpdf(v["beta"], d["pmubeta"], d["psbeta"])
+        + norm.logpdf(d["y"], v["alpha"] + v["beta"] * d["x"], v["sigma"]).sum()
+    )
 
 
 def diamonds_logp(v, d):
     X = d["X"][:, 1:]
     Xc = X - X.mean(axis=0)
-    return (norm.logpdf(v["b"], 0, 1).sum() + t_dist.logpdf(v["Intercept"], 3, 8, 10)
-            + t_dist.logpdf(v["sigma"], 3, 0, 10) - t_dist.logsf(0, 3, 0, 10)
-            + norm.logpdf(d["Y"], v["Intercept"] + Xc @ v["b"], v["sigma"]).sum())
+    return (
+        norm.logpdf(v["b"], 0, 1).sum()
+        + t_dist.logpdf(v["Intercept"], 3, 8, 10)
+        + t_dist.logpdf(v["sigma"], 3, 0, 10)
+        - t_dist.logsf(0, 3, 0, 10)
+        + norm.logpdf(d["Y"], v["Intercept"] + Xc @ v["b"], v["sigma"]).sum()
+    )
 
 
 def garch_logp(v, d):
@@ -151,16 +177,25 @@ def arma_logp(v, d):
     err[0] = y[0] - (mu + phi * mu)
     for t in range(1, y.size):
         err[t] = y[t] - (mu + phi * y[t - 1] + theta * err[t - 1])
-    return (norm.logpdf(mu, 0, 10) + norm.logpdf(phi, 0, 2) + norm.logpdf(theta, 0, 2)
-            + stats.cauchy.logpdf(sigma, 0, 2.5) + norm.logpdf(err, 0, sigma).sum())
+    return (
+        norm.logpdf(mu, 0, 10)
+        + norm.logpdf(phi, 0, 2)
+        + norm.logpdf(theta, 0, 2)
+        + stats.cauchy.logpdf(sigma, 0, 2.5)
+        + norm.logpdf(err, 0, sigma).sum()
+    )
 
 
 def gp_logp(v, d):
     x, rho, alpha = d["x"], v["rho"], v["alpha"]
-    cov = np.array([[alpha ** 2 * math.exp(-(xi - xj) ** 2 / (2 * rho ** 2)) for xj in x] for xi in x])
+    cov = np.array([[alpha**2 * math.exp(-((xi - xj) ** 2) / (2 * rho**2)) for xj in x] for xi in x])
     f = np.linalg.cholesky(cov + 1e-10 * np.eye(x.size)) @ v["f_tilde"]
-    return (stats.gamma.logpdf(rho, 25, scale=1 / 4) + norm.logpdf(alpha, 0, 2)
-            + norm.logpdf(v["f_tilde"]).sum() + stats.poisson.logpmf(d["k"], np.exp(f)).sum())
+    return (
+        stats.gamma.logpdf(rho, 25, scale=1 / 4)
+        + norm.logpdf(alpha, 0, 2)
+        + norm.logpdf(v["f_tilde"]).sum()
+        + stats.poisson.logpmf(d["k"], np.exp(f)).sum()
+    )
 
 
 def hmm_logp(v, d):
@@ -191,8 +226,11 @@ def linear_regression_logp(v, d):
 def normal_gamma_logp(v, d):
     y, m0, k0, a0, b0 = d
     sigma2, mu = np.asarray(v["sigma2"]), np.asarray(v["mu"])
-    return (stats.invgamma.logpdf(sigma2, a0, scale=b0) + norm.logpdf(mu, m0, np.sqrt(sigma2 / k0))
-            + norm.logpdf(y, mu[..., None], np.sqrt(sigma2)[..., None]).sum(-1))
+    return (
+        stats.invgamma.logpdf(sigma2, a0, scale=b0)
+        + norm.logpdf(mu, m0, np.sqrt(sigma2 / k0))
+        + norm.logpdf(y, mu[..., None], np.sqrt(sigma2)[..., None]).sum(-1)
+    )
 
 
 def beta_binomial_logp(v, d):
@@ -207,12 +245,19 @@ def gamma_poisson_logp(v, d):
 
 
 STAN_LOGP = {
-    "earnings-earn_height": earn_height_logp, "earnings-logearn_interaction_z": logearn_interaction_z_logp,
-    "kilpisjarvi_mod-kilpisjarvi": kilpisjarvi_logp, "nes2000-nes": nes_logp,
-    "diamonds-diamonds": diamonds_logp, "garch-garch11": garch_logp, "gp_pois_regr-gp_pois_regr": gp_logp,
-    "arma-arma11": arma_logp, "hmm_example-hmm_example": hmm_logp,
-    "conjugate-normal-mean": normal_mean_logp, "conjugate-linear-regression": linear_regression_logp,
-    "conjugate-normal-gamma": normal_gamma_logp, "conjugate-beta-binomial": beta_binomial_logp,
+    "earnings-earn_height": earn_height_logp,
+    "earnings-logearn_interaction_z": logearn_interaction_z_logp,
+    "kilpisjarvi_mod-kilpisjarvi": kilpisjarvi_logp,
+    "nes2000-nes": nes_logp,
+    "diamonds-diamonds": diamonds_logp,
+    "garch-garch11": garch_logp,
+    "gp_pois_regr-gp_pois_regr": gp_logp,
+    "arma-arma11": arma_logp,
+    "hmm_example-hmm_example": hmm_logp,
+    "conjugate-normal-mean": normal_mean_logp,
+    "conjugate-linear-regression": linear_regression_logp,
+    "conjugate-normal-gamma": normal_gamma_logp,
+    "conjugate-beta-binomial": beta_binomial_logp,
     "conjugate-gamma-poisson": gamma_poisson_logp,
 }
 
@@ -227,7 +272,7 @@ def independent_logp(name, p, values):
 def test_names():
     assert len(NAMES) >= 13 and len(set(NAMES)) == len(NAMES)
     assert len(POSTERIORDB) == 9 and len(CONJUGATE) >= 4
-    assert set(STAN_LOGP) == set(NAMES)          # every posterior has its independent check here
+    assert set(STAN_LOGP) == set(NAMES)  # every posterior has its independent check here
 
 
 def test_unknown_name_lists_the_valid_ones():
@@ -270,7 +315,7 @@ def test_log_density_matches_stan(name):
     points = [mean, perturbed(p, mean, seed=1), perturbed(p, mean, seed=2)]
     pyro_lp = np.array([trace_at(p, v).log_prob_sum().item() for v in points])
     numpy_lp = np.array([independent_logp(name, p, v) for v in points])
-    assert np.all(np.abs(pyro_lp[1:] - pyro_lp[0]) > 1e-3)       # the points really differ
+    assert np.all(np.abs(pyro_lp[1:] - pyro_lp[0]) > 1e-3)  # the points really differ
     np.testing.assert_allclose(pyro_lp - pyro_lp[0], numpy_lp - numpy_lp[0], rtol=1e-8, atol=1e-7)
 
 
@@ -278,15 +323,20 @@ def test_log_density_matches_stan(name):
 def _quad_moments(logp, lo, hi, centre):
     """Mean and sd of the density exp(logp) on (lo, hi) by adaptive quadrature."""
     c = logp(centre)
-    f = lambda x, k: x ** k * math.exp(logp(x) - c)
+    f = lambda x, k: x**k * math.exp(logp(x) - c)
     z, m1, m2 = (integrate.quad(f, lo, hi, args=(k,), epsabs=0, epsrel=1e-11, limit=200)[0] for k in range(3))
     mean = m1 / z
-    return mean, math.sqrt(m2 / z - mean ** 2)
+    return mean, math.sqrt(m2 / z - mean**2)
 
 
-@pytest.mark.parametrize("name, site, support", [("conjugate-normal-mean", "mu", (-math.inf, math.inf)),
-                                                 ("conjugate-beta-binomial", "theta", (0, 1)),
-                                                 ("conjugate-gamma-poisson", "lam", (0, math.inf))])
+@pytest.mark.parametrize(
+    "name, site, support",
+    [
+        ("conjugate-normal-mean", "mu", (-math.inf, math.inf)),
+        ("conjugate-beta-binomial", "theta", (0, 1)),
+        ("conjugate-gamma-poisson", "lam", (0, math.inf)),
+    ],
+)
 def test_one_dimensional_closed_forms(name, site, support):
     p = posteriordb.load(name)
     d = tuple(a.numpy() for a in p.data)
@@ -306,7 +356,7 @@ def test_normal_gamma_closed_form():
     log_s2 = np.linspace(math.log(s2_mean) - 5, math.log(s2_mean) + 7, 801)
     mu = np.linspace(mu_mean - 40 * mu_sd, mu_mean + 40 * mu_sd, 801)
     L, M = np.meshgrid(log_s2, mu, indexing="ij")
-    log_density = normal_gamma_logp({"sigma2": np.exp(L), "mu": M}, d) + L       # + log Jacobian
+    log_density = normal_gamma_logp({"sigma2": np.exp(L), "mu": M}, d) + L  # + log Jacobian
     w = np.exp(log_density - log_density.max())
     w /= integrate.trapezoid(integrate.trapezoid(w, mu, axis=1), log_s2)
     moment = lambda g: integrate.trapezoid(integrate.trapezoid(g * w, mu, axis=1), log_s2)
@@ -326,14 +376,21 @@ def test_linear_regression_closed_form():
     logp = lambda w: linear_regression_logp({"w": w}, d)
     E = np.eye(D) * h
     grad = np.array([(logp(E[i]) - logp(-E[i])) / (2 * h) for i in range(D)])
-    hess = np.array([[(logp(E[i] + E[j]) - logp(E[i] - E[j]) - logp(E[j] - E[i]) + logp(-E[i] - E[j]))
-                      / (4 * h * h) for j in range(D)] for i in range(D)])
+    hess = np.array(
+        [
+            [
+                (logp(E[i] + E[j]) - logp(E[i] - E[j]) - logp(E[j] - E[i]) + logp(-E[i] - E[j])) / (4 * h * h)
+                for j in range(D)
+            ]
+            for i in range(D)
+        ]
+    )
     mean, cov = -np.linalg.solve(hess, grad), np.linalg.inv(-hess)
     ref_mean = np.array([p.reference[f"w[{i}]"][0] for i in range(D)])
     ref_sd = np.array([p.reference[f"w[{i}]"][1] for i in range(D)])
     np.testing.assert_allclose(mean, ref_mean, atol=1e-6 * ref_sd.min())
     np.testing.assert_allclose(np.sqrt(np.diag(cov)), ref_sd, rtol=1e-6)
-    assert cov[0, 1] / math.sqrt(cov[0, 0] * cov[1, 1]) < -0.85          # the correlation is strong
+    assert cov[0, 1] / math.sqrt(cov[0, 0] * cov[1, 1]) < -0.85  # the correlation is strong
 
 
 # ---- NUTS finds the reference -----------------------------------------------------------------------
@@ -363,8 +420,7 @@ def test_nuts_reproduces_reference_means(name, num_samples, one_thread):
     torch.set_default_dtype(torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = nuts(p.model, *p.data, num_samples=num_samples, warmup_steps=WARMUP, seed=0, progress=False,
-                   **p.nuts)
+        fit = nuts(p.model, *p.data, num_samples=num_samples, warmup_steps=WARMUP, seed=0, progress=False, **p.nuts)
     sites = list(fit.chains)
     draws = dict(flat_elements({k: v.numpy().reshape(-1, *v.shape[2:]) for k, v in fit.chains.items()}, sites))
     ess_per_site = {k: np.reshape(v, (1, *np.shape(v))) for k, v in fit.diagnostics["ess_bulk"].items()}

@@ -1,5 +1,6 @@
 """The README's Python examples run as written (the distributed one needs torchrun and is covered by
 tests/test_distributed.py instead)."""
+
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ def test_examples_are_found():
 @pytest.mark.parametrize("code", LOCAL, ids=[f"example{i}" for i in range(len(LOCAL))])
 def test_readme_example_runs(code, tmp_path, monkeypatch):
     matplotlib.use("Agg")
-    monkeypatch.chdir(tmp_path)                    # figures the example saves land here
+    monkeypatch.chdir(tmp_path)  # figures the example saves land here
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace, "the example defined nothing"
@@ -26,6 +27,7 @@ def test_readme_example_runs(code, tmp_path, monkeypatch):
         # The own-model example: 500 points and 4 parameters, so the posterior is close to Gaussian
         # (Bernstein-von Mises) and both Gaussian approximations must sit well within half a NUTS sd.
         import inference
+
         table = inference.compare(namespace["fits"], reference="nuts")
         assert (table["error"].abs() < 0.5).all()
         assert (tmp_path / "losses.png").exists() and (tmp_path / "posteriors.png").exists()

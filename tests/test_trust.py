@@ -1,5 +1,6 @@
 """Can a fit be trusted? The verdict fires on fits built to be wrong and stays quiet on fits known to be
 right; defaults converge; reweighted draws correct a skewed Laplace fit; flat priors work everywhere."""
+
 import math
 import warnings
 
@@ -10,11 +11,11 @@ import pytest
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from scipy import stats
+from test_svi import exact_normal_mean, normal_mean_model  # prior N(0, 10²), noise sd 1
 
 import inference
 from inference import ConvergenceWarning
 from inference.errors import InvalidInputError
-from test_svi import exact_normal_mean, normal_mean_model   # prior N(0, 10²), noise sd 1
 
 
 @pytest.fixture
@@ -31,8 +32,9 @@ def test_defaults_land_within_a_tenth_of_a_posterior_sd_on_eight_seeds_and_stay_
         with warnings.catch_warnings():
             warnings.simplefilter("error", ConvergenceWarning)
             # full rank: the guide whose old defaults missed by up to 1.9 sd here
-            fit = inference.svi(normal_mean_model, AutoMultivariateNormal(normal_mean_model), y, seed=seed,
-                                progress=False)
+            fit = inference.svi(
+                normal_mean_model, AutoMultivariateNormal(normal_mean_model), y, seed=seed, progress=False
+            )
         draws = fit.samples(4000, seed=seed)["mu"]
         # 4000 draws: the Monte-Carlo error of their mean is sd/63, small against 0.1 sd
         assert abs(draws.mean().item() - mean) < 0.1 * sd, seed
@@ -43,8 +45,16 @@ def test_defaults_land_within_a_tenth_of_a_posterior_sd_on_eight_seeds_and_stay_
 def test_verdict_fires_on_an_unconverged_fit(y):
     # Started at 0, 30 posterior sds from the answer, with a tiny rate: the loss is still falling.
     with pytest.warns(ConvergenceWarning, match="still falling"):
-        fit = inference.svi(normal_mean_model, AutoNormal(normal_mean_model), y, steps=400, lr=1e-3,
-                            schedule=None, init="guide", progress=False)
+        fit = inference.svi(
+            normal_mean_model,
+            AutoNormal(normal_mean_model),
+            y,
+            steps=400,
+            lr=1e-3,
+            schedule=None,
+            init="guide",
+            progress=False,
+        )
     assert not fit.diagnostics["converged"]
     assert any("still falling" in w for w in fit.diagnostics["warnings"])
 
@@ -55,6 +65,7 @@ def correlated_model(rho):
 
     def model():
         pyro.sample("z", dist.MultivariateNormal(torch.zeros(2), cov))
+
     return model
 
 
@@ -91,8 +102,7 @@ def funnel():
 
 def test_nuts_verdict_fires_on_a_funnel():
     with pytest.warns(ConvergenceWarning, match="divergent|ESS|R-hat"):
-        fit = inference.nuts(funnel, num_samples=100, warmup_steps=50, num_chains=2, max_tree_depth=5,
-                             progress=False)
+        fit = inference.nuts(funnel, num_samples=100, warmup_steps=50, num_chains=2, max_tree_depth=5, progress=False)
     assert not fit.diagnostics["converged"]
 
 
@@ -145,21 +155,20 @@ def flat_truth(y, k, n, z, w):
     N, S = y.shape[0], ((y - y.mean()) ** 2).sum().item()
     t = stats.t(N - 2, loc=y.mean().item(), scale=math.sqrt(S / (N * (N - 2))))
     b = stats.beta(k.item() + 1, n.item() - k.item() + 1)
-    return {"mu": (t.mean(), t.std()), "p": (b.mean(), b.std()), "c[1]": (z[1].item(), 1.0),
-            "m": (w.item(), 1.0)}
+    return {"mu": (t.mean(), t.std()), "p": (b.mean(), b.std()), "c[1]": (z[1].item(), 1.0), "m": (w.item(), 1.0)}
 
 
 @pytest.mark.parametrize("method", ["laplace", "svi", "nuts"])
 def test_flat_priors_run_without_an_init(flat_data, method):
     runs = {
         "laplace": lambda: inference.laplace(flat_model, *flat_data).reweighted(8000),
-        "svi": lambda: inference.svi(flat_model, AutoMultivariateNormal(flat_model), *flat_data,
-                                     progress=False).reweighted(8000),
-        "nuts": lambda: inference.nuts(flat_model, *flat_data, num_samples=400, warmup_steps=300,
-                                       progress=False),
+        "svi": lambda: inference.svi(
+            flat_model, AutoMultivariateNormal(flat_model), *flat_data, progress=False
+        ).reweighted(8000),
+        "nuts": lambda: inference.nuts(flat_model, *flat_data, num_samples=400, warmup_steps=300, progress=False),
     }
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)   # judged by the exact answer instead
+        warnings.simplefilter("ignore", ConvergenceWarning)  # judged by the exact answer instead
         fit = runs[method]()
     draws = fit.samples(4000, seed=0)
     got = {"mu": draws["mu"], "p": draws["p"], "c[1]": draws["c"][:, 1], "m": draws["m"]}
@@ -176,8 +185,10 @@ def test_model_mistakes_are_project_errors_naming_the_site(y):
         with pyro.plate("data", y.shape[0]):
             pyro.sample("obs", dist.Normal(mu, 1.0), obs=y)
 
-    for run in (lambda: inference.svi(wrong_shape, AutoNormal(wrong_shape), y, steps=5, progress=False),
-                lambda: inference.nuts(wrong_shape, y, num_samples=5, warmup_steps=5, progress=False)):
+    for run in (
+        lambda: inference.svi(wrong_shape, AutoNormal(wrong_shape), y, steps=5, progress=False),
+        lambda: inference.nuts(wrong_shape, y, num_samples=5, warmup_steps=5, progress=False),
+    ):
         with pytest.raises(InvalidInputError, match="obs|shape"):
             run()
 
@@ -195,14 +206,16 @@ def test_an_off_centre_laplace_fit_is_caught_where_khat_is_small():
     # posterior (conjugate regression), where the weights are constant.
     from inference.diagnostics import flat_elements, posterior_draws
     from zoo import posteriordb
+
     nes = posteriordb.load("nes2000-nes")
     with pytest.warns(ConvergenceWarning, match="off centre"):
         fit = inference.laplace(nes.model, *nes.data)
     assert fit.diagnostics["khat"] < 0.5
     for f, bound in ((fit, None), (fit.reweighted(), 0.2)):
         draws = posterior_draws(f, 4000)
-        errors = [abs(x.mean() - nes.reference[k][0]) / nes.reference[k][1]
-                  for k, x in flat_elements(draws, list(draws))]
+        errors = [
+            abs(x.mean() - nes.reference[k][0]) / nes.reference[k][1] for k, x in flat_elements(draws, list(draws))
+        ]
         assert max(errors) > 0.2 if bound is None else max(errors) < bound
     exact = posteriordb.load("conjugate-linear-regression")
     with warnings.catch_warnings():
@@ -216,6 +229,7 @@ def test_a_guide_too_narrow_is_caught_where_khat_is_small():
     # The full-rank guide holds the exact posterior and stays quiet.
     from inference.diagnostics import flat_elements
     from zoo import posteriordb
+
     p = posteriordb.load("conjugate-linear-regression")
 
     def sd_ratios(fit):

@@ -5,19 +5,19 @@ orthogonal columns of W, so the exact posterior is a diagonal Gaussian that a li
 and log p(x) = log N(x; b, W Wᵀ + σ² I) is known in closed form (MATH.md §3, §1: ELBO = log p(x) when
 q is the posterior).
 """
+
 import math
 
 import pyro
-import pyro.poutine as poutine
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import inference
 import zoo
 from inference.errors import InvalidInputError, NonFiniteError
 from zoo.data import digits, shapes
-from zoo.metrics import mig
 from zoo.vae import VAE, BetaVAE, iwae_bound, kl_decomposition
 
 D, L, SIGMA = 4, 2, 0.5
@@ -30,20 +30,20 @@ def ppca(beta=1.0, exact=True):
     a = torch.tensor([2.0, 1.0])
     w, b = q * a, torch.tensor([0.5, -1.0, 0.0, 1.0])
     vae = VAE(latent_dim=L, architecture="mlp", hidden=(), likelihood="gaussian", beta=beta).build((D,))
-    m = torch.diag(a ** 2 + SIGMA ** 2)                       # Wᵀ W + σ² I (diagonal: W has orthogonal columns)
-    post_w = torch.linalg.solve(m, w.T)                       # E[z | x] = M⁻¹ Wᵀ (x − b)
-    post_sd = SIGMA / torch.sqrt(torch.diag(m))               # Cov[z | x] = σ² M⁻¹
+    m = torch.diag(a**2 + SIGMA**2)  # Wᵀ W + σ² I (diagonal: W has orthogonal columns)
+    post_w = torch.linalg.solve(m, w.T)  # E[z | x] = M⁻¹ Wᵀ (x − b)
+    post_sd = SIGMA / torch.sqrt(torch.diag(m))  # Cov[z | x] = σ² M⁻¹
     if not exact:
-        post_sd = 1.5 * post_sd                                # a wider proposal: IWAE bounds are strict
+        post_sd = 1.5 * post_sd  # a wider proposal: IWAE bounds are strict
     with torch.no_grad():
         head, dec = vae.encoder_.head, vae.decoder_
         head.weight.copy_(torch.cat([post_w, torch.zeros(L, D)]))
-        head.bias.copy_(torch.cat([-post_w @ b, torch.log(torch.expm1(post_sd))]))   # softplus⁻¹
+        head.bias.copy_(torch.cat([-post_w @ b, torch.log(torch.expm1(post_sd))]))  # softplus⁻¹
         dec.net.net[0].weight.copy_(w)
         dec.net.net[0].bias.copy_(b)
         dec.log_scale.fill_(math.log(SIGMA))
-    x = torch.distributions.MultivariateNormal(b, w @ w.T + SIGMA ** 2 * torch.eye(D)).sample((50,))
-    log_px = torch.distributions.MultivariateNormal(b, w @ w.T + SIGMA ** 2 * torch.eye(D)).log_prob(x)
+    x = torch.distributions.MultivariateNormal(b, w @ w.T + SIGMA**2 * torch.eye(D)).sample((50,))
+    log_px = torch.distributions.MultivariateNormal(b, w @ w.T + SIGMA**2 * torch.eye(D)).log_prob(x)
     return vae, x, log_px
 
 
@@ -71,8 +71,8 @@ def test_iwae_rises_with_k_towards_log_evidence_and_bounds_the_elbo():
     se = lw[0].std().item() / math.sqrt(50)
     assert bounds[0] == pytest.approx(elbo, abs=4 * se)
     assert elbo < bounds[1] < bounds[2] < bounds[3] <= truth + 1e-3
-    assert truth - elbo > 0.05                           # the proposal is visibly imperfect ...
-    assert truth - bounds[3] < 0.1 * (truth - elbo)      # ... and K = 2000 closes most of the gap
+    assert truth - elbo > 0.05  # the proposal is visibly imperfect ...
+    assert truth - bounds[3] < 0.1 * (truth - elbo)  # ... and K = 2000 closes most of the gap
 
 
 def test_beta_scales_exactly_the_kl_term_in_model_and_guide():
@@ -84,7 +84,7 @@ def test_beta_scales_exactly_the_kl_term_in_model_and_guide():
     assert model_tr.nodes["x"]["scale"] == 1.0
     losses = []
     for vae in (vae1, vae3):
-        pyro.set_rng_seed(5)                              # the same z draw for both
+        pyro.set_rng_seed(5)  # the same z draw for both
         losses.append(TraceMeanField_ELBO().loss(vae.model, vae.guide, x))
     _, kl = vae1.elbo_parts(x)
     # -[E log p(x|z) - β KL]: the reconstruction term cancels, the KL term counts (3 - 1) times more
@@ -113,7 +113,7 @@ def test_kl_split_adds_up_and_finds_the_mutual_information_of_two_clusters():
     assert s["total_correlation"] == pytest.approx(math.log(2), abs=1e-3)
     assert s["mutual_info"] + s["marginal_kl"] == pytest.approx(s["kl"], abs=1e-4)
     assert s["total_correlation"] + s["dimwise_kl"] == pytest.approx(s["marginal_kl"], abs=1e-4)
-    assert s["kl_exact"] == pytest.approx(100.0)           # ½ (10² + 10²) per point, closed form
+    assert s["kl_exact"] == pytest.approx(100.0)  # ½ (10² + 10²) per point, closed form
     # the sampled whole estimates the closed form: log q(z|x) - log p(z) = ½|μ|² + μ·ε, sd |μ| = 10·√2
     assert s["kl"] == pytest.approx(s["kl_exact"], abs=4 * 10 * math.sqrt(2) / math.sqrt(n))
     assert sum(s["kl_per_dim"]) == pytest.approx(s["kl_exact"])
@@ -137,7 +137,11 @@ def test_training_improves_the_test_elbo_and_early_stopping_keeps_the_best():
     before = vae.elbo(x_test)
     vae.fit(x_train, x_test, epochs=15, batch_size=128, lr=3e-3, patience=3, progress=False)
     after = vae.elbo(x_test, num_samples=10)
-    assert after > before + 10                           # from ~-44 nats at initialisation to ~-26
+    # The best model whose pixels ignore z: independent Bernoullis at the training means. The ELBO is a lower
+    # bound on the VAE's log p(x), so beating this log-likelihood means the latents carry information.
+    p = x_train.mean(0).clamp(1e-6, 1 - 1e-6)
+    independent_pixels = (x_test * p.log() + (1 - x_test) * (1 - p).log()).sum(1).mean().item()
+    assert before < after and after > independent_pixels
     assert vae.losses_.shape == (vae.fit_.losses.size,) and vae.losses_.size <= 15 * (len(x_train) // 128)
     val = vae.fit_.diagnostics["validation_losses"]
     assert len(val) == len(vae.history_["epoch"])
@@ -146,31 +150,20 @@ def test_training_improves_the_test_elbo_and_early_stopping_keeps_the_best():
     assert -vae.elbo(x_test, num_samples=50) * len(x_train) == pytest.approx(best, rel=0.02)
 
 
-def test_beta_vae_disentangles_more_and_the_vae_reconstructs_better():
-    # A square at 32 x 32 positions (x, y: the two factors), 32 x 32 pixels, 10 latents, a small MLP; the
-    # same data, networks, epochs and five seeds for beta = 1 and beta = 16 (5 s a fit).
-    # beta pays 16x for every nat in z: it keeps few latents active, and a diagonal posterior makes the
-    # cheapest code one latent per independent factor (MIG up); the VAE spends its nats over all ten
-    # latents, so each factor is spread thin (MIG near 0), and it reconstructs far better (MATH.md §3).
-    # At this CPU budget MIG is small and seed-dependent (Locatello et al. 2019), so the test compares means
-    # over seeds. The setting was chosen on seeds 10-19 before this test ran; benchmarks/
-    # vae_disentanglement.py on those seeds: beta = 16 ahead in 7/10, mean MIG 0.043 vs 0.029,
-    # reconstruction -84 vs -23 nats, KL 4.8 vs 21 nats.
-    x, factors = shapes(size=32, grid={"shape": 1, "scale": 1, "orientation": 1})
-    x = x.flatten(1)
-    migs, recs, kls = {1.0: [], 16.0: []}, {1.0: [], 16.0: []}, {1.0: [], 16.0: []}
-    for seed in range(5):
-        for beta in migs:
-            vae = VAE(latent_dim=10, hidden=(256,), beta=beta).fit(x, epochs=60, batch_size=64, lr=1e-3,
-                                                                   seed=seed, progress=False)
-            migs[beta].append(mig(vae.codes(x), factors))
-            rec, kl = vae.elbo_parts(x, num_samples=2)
-            recs[beta].append(rec.mean().item())
-            kls[beta].append(kl.mean().item())
-    assert sum(migs[16.0]) > sum(migs[1.0]), migs
-    # on every seed: the beta-VAE keeps fewer nats about x and so reconstructs worse
-    assert max(kls[16.0]) < min(kls[1.0]), kls
-    assert min(recs[1.0]) > max(recs[16.0]), recs
+def test_a_larger_beta_keeps_fewer_nats_in_z_and_reconstructs_worse():
+    # Rate-distortion (MATH.md §3): at the optimum of E log p(x|z) - beta KL, the rate KL cannot rise and the
+    # reconstruction cannot improve as beta grows (if beta_2 > beta_1, adding the two optimality conditions
+    # gives (beta_2 - beta_1)(KL_1 - KL_2) >= 0). Same data, networks, seed and steps for beta = 1 and 8.
+    # Whether the beta-VAE also disentangles better (MIG) is seed-dependent at a CPU budget: that comparison,
+    # with its spread over seeds, is benchmarks/vae_disentanglement.py.
+    x_train, _, _, _ = digits()
+    parts = {}
+    for beta in (1.0, 8.0):
+        vae = VAE(latent_dim=4, hidden=(64,), beta=beta).fit(x_train, epochs=5, lr=3e-3, seed=0, progress=False)
+        rec, kl = vae.elbo_parts(x_train, num_samples=4)
+        parts[beta] = rec.mean().item(), kl.mean().item()
+    (rec1, kl1), (rec8, kl8) = parts[1.0], parts[8.0]
+    assert kl8 < kl1 and rec8 < rec1, parts
 
 
 def test_checkpoint_resume_continues_the_same_run(tmp_path):
@@ -178,7 +171,7 @@ def test_checkpoint_resume_continues_the_same_run(tmp_path):
     x = x_train[:512]
     # "meanfield": a jit ELBO compiles on its first step, which draws extra random numbers at a different
     # step in a resumed run, so only the uncompiled estimator can reproduce the run draw for draw
-    kw = dict(batch_size=128, seed=1, progress=False, elbo="meanfield")
+    kw = {"batch_size": 128, "seed": 1, "progress": False, "elbo": "meanfield"}
     full = VAE(latent_dim=3, hidden=(32,)).fit(x, epochs=4, **kw)
     ck = tmp_path / "vae.pt"
     first = VAE(latent_dim=3, hidden=(32,)).fit(x, epochs=2, checkpoint=ck, **kw)
@@ -199,9 +192,10 @@ def test_kl_annealing_ramps_the_weight_and_needs_a_non_jit_elbo():
     def spy(x):
         seen.append(vae.kl_weight)
         return original(x)
+
     vae.model = spy
     vae.fit(x_train[:256], epochs=3, batch_size=128, progress=False)
-    steps = seen[1:]                                      # the first call creates the parameters
+    steps = seen[1:]  # the first call creates the parameters
     assert steps[:5] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0])
     assert vae.kl_weight == 2.0
     with pytest.raises(InvalidInputError, match="anneal"):
@@ -216,7 +210,9 @@ def test_other_likelihoods_train(likelihood):
     before = vae.elbo(x_test)
     vae.fit(x_train, epochs=4, lr=3e-3, progress=False)
     assert vae.elbo(x_test) > before
-    assert vae.iwae(x_test, k=20) >= vae.elbo(x_test, num_samples=20) - 0.05
+    # on the same draws the IWAE bound is at least the mean log weight (Jensen: log-mean-exp >= mean of logs)
+    lw = vae.log_weights(x_test, k=20)
+    assert (iwae_bound(lw) >= lw.mean(0) - 1e-5).all()
 
 
 def test_bad_input_raises_clear_errors():
@@ -253,11 +249,10 @@ def test_non_finite_loss_raises():
     x_train, _, _, _ = digits()
     vae = VAE(latent_dim=2, hidden=(16,)).build(x_train.shape[1:])
     with torch.no_grad():
-        vae.decoder_.net.net[0].weight[0, 0] = float("nan")    # what a diverged step leaves behind
+        vae.decoder_.net.net[0].weight[0, 0] = float("nan")  # what a diverged step leaves behind
     with pytest.raises(NonFiniteError, match="step 0"):
         # the networks as they are (fit would re-initialise them), through the same training loop
-        inference.svi(vae.model, vae.guide, x_train, steps=2, batch_size=128, elbo="jit-trace",
-                      progress=False)
+        inference.svi(vae.model, vae.guide, x_train, steps=2, batch_size=128, elbo="jit-trace", progress=False)
 
 
 def test_device_follows_the_data():
@@ -274,6 +269,7 @@ def test_device_follows_the_data():
 
 def test_figures(tmp_path):
     from zoo import vae as vae_mod
+
     x, _ = shapes(256, size=16, seed=2)
     vae = VAE(latent_dim=3, hidden=(8, 8)).fit(x, x[:64], epochs=2, batch_size=64, progress=False)
     figs = {
@@ -283,7 +279,7 @@ def test_figures(tmp_path):
         "kl": vae_mod.plot_kl_per_dim(vae.kl_split(x)),
         "losses": vae_mod.plot_losses(vae),
     }
-    assert len(figs["traversals"].axes) == 3 * 5             # one row per latent dimension
+    assert len(figs["traversals"].axes) == 3 * 5  # one row per latent dimension
     for name, fig in figs.items():
         fig.savefig(tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
@@ -291,3 +287,9 @@ def test_figures(tmp_path):
 
 def test_public_names():
     assert zoo.VAE is VAE and zoo.BetaVAE is BetaVAE and BetaVAE().beta == 4.0
+    assert all(callable(getattr(zoo.vae, name)) for name in zoo.vae.__all__)
+    # BetaVAE takes every setting of VAE, by keyword, with beta = 4 by default
+    settings = {"latent_dim": 3, "architecture": "mlp", "hidden": [8], "likelihood": "gaussian", "anneal_epochs": 1}
+    assert BetaVAE(**settings).get_params() == VAE(**settings, beta=4.0).get_params()
+    with pytest.raises(TypeError):
+        BetaVAE(3, "mlp")

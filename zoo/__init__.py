@@ -1,7 +1,7 @@
 """pyro-zoo's models: each a Pyro model/guide pair plus the helpers a user needs around it."""
-from . import data
-from .gmm import GaussianMixture
-from .vae import VAE, BetaVAE
-from . import fep
 
-__all__ = ["GaussianMixture", "VAE", "BetaVAE", "fep", "data"]
+from . import data, fep
+from .gmm import BayesianGaussianMixture, GaussianMixture
+from .vae import VAE, BetaVAE
+
+__all__ = ["GaussianMixture", "BayesianGaussianMixture", "VAE", "BetaVAE", "fep", "data"]

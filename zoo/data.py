@@ -4,10 +4,15 @@
 - images: scikit-learn's 8x8 digits; procedurally generated dSprites-like shapes with known factors;
   a reader for MNIST-format (idx) files a user has on disk
 """
+
+import gzip
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
 from inference.errors import InvalidInputError
+
 
 # ---- mixtures ------------------------------------------------
 class Mixture:
@@ -70,6 +75,7 @@ def load_table(name):
     labels [N]).
     """
     from sklearn import datasets
+
     loaders = {"iris": datasets.load_iris, "wine": datasets.load_wine}
     if name not in loaders:
         raise InvalidInputError(f"table {name!r} is not one of {sorted(loaders)}")
@@ -87,8 +93,10 @@ def read_csv(path, columns=None, standardize=False):
     centre and scale every column to unit sd. Raises InvalidInputError naming the problem (missing file,
     non-numeric or missing values, empty table).
     """
-    import pandas as pd
     from pathlib import Path
+
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"CSV file {str(path)!r} does not exist")
@@ -97,43 +105,45 @@ def read_csv(path, columns=None, standardize=False):
         numeric_first = pd.to_numeric(first.iloc[0], errors="coerce").notna().all()
         frame = pd.read_csv(path, header=None if numeric_first else 0)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"CSV file {str(path)!r} cannot be read as a table: "
-                                f"{str(e).splitlines()[0]}") from None
+        raise InvalidInputError(f"CSV file {str(path)!r} cannot be read as a table: {str(e).splitlines()[0]}") from None
     if columns is not None:
         cols = list(columns)
-        unknown = [c for c in cols if c not in frame.columns
-                   and not (isinstance(c, int) and 0 <= c < frame.shape[1])]
+        unknown = [c for c in cols if c not in frame.columns and not (isinstance(c, int) and 0 <= c < frame.shape[1])]
         if unknown:
-            raise InvalidInputError(f"column(s) {unknown} are not in {str(path)!r} "
-                                    f"(it has {list(frame.columns)})")
+            raise InvalidInputError(f"column(s) {unknown} are not in {str(path)!r} (it has {list(frame.columns)})")
         frame = frame[[c if c in frame.columns else frame.columns[c] for c in cols]]
     numeric = frame.apply(pd.to_numeric, errors="coerce")
-    bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])
-           and numeric[c].isna().sum() > frame[c].isna().sum()]
+    bad = [
+        c
+        for c in frame.columns
+        if not pd.api.types.is_numeric_dtype(frame[c]) and numeric[c].isna().sum() > frame[c].isna().sum()
+    ]
     if bad:
-        raise InvalidInputError(f"column(s) {bad} of {str(path)!r} are not numeric; choose numeric columns "
-                                f"with columns=[...] (--columns on the command line)")
+        raise InvalidInputError(
+            f"column(s) {bad} of {str(path)!r} are not numeric; choose numeric columns "
+            f"with columns=[...] (--columns on the command line)"
+        )
     if numeric.shape[0] == 0 or numeric.shape[1] == 0:
         raise InvalidInputError(f"CSV file {str(path)!r} holds no data rows")
     if numeric.isna().any().any() or not np.isfinite(numeric.to_numpy()).all():
         rows = np.nonzero(~np.isfinite(numeric.to_numpy()).all(1))[0]
-        raise InvalidInputError(f"CSV file {str(path)!r} has {len(rows)} row(s) with missing or non-finite "
-                                f"values (first data row {int(rows[0])})")
-    X = numeric.to_numpy(dtype=np.float64, copy=True)   # pandas may hand out a read-only view
+        raise InvalidInputError(
+            f"CSV file {str(path)!r} has {len(rows)} row(s) with missing or non-finite "
+            f"values (first data row {int(rows[0])})"
+        )
+    X = numeric.to_numpy(dtype=np.float64, copy=True)  # pandas may hand out a read-only view
     if standardize:
         sd = X.std(0)
         X = (X - X.mean(0)) / np.where(sd > 0, sd, 1.0)
     return torch.as_tensor(X)
 
 
-
 # ---- images ---------------------------------------------------------------
-import gzip
-from typing import NamedTuple
 
 
 class ImageSplit(NamedTuple):
     """A fixed train/test split; unpacks like scikit-learn's ``train_test_split``."""
+
     x_train: torch.Tensor
     x_test: torch.Tensor
     y_train: torch.Tensor
@@ -158,11 +168,14 @@ def digits(images=False, test_size=0.2):
     bunch = load_digits()
     x = bunch.data.astype(np.float32) / 16.0
     y = bunch.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=0,
-                                                        stratify=y)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=0, stratify=y)
     shape = (-1, 1, 8, 8) if images else (-1, 64)
-    return ImageSplit(torch.from_numpy(x_train).reshape(shape), torch.from_numpy(x_test).reshape(shape),
-                      torch.from_numpy(y_train), torch.from_numpy(y_test))
+    return ImageSplit(
+        torch.from_numpy(x_train).reshape(shape),
+        torch.from_numpy(x_test).reshape(shape),
+        torch.from_numpy(y_train),
+        torch.from_numpy(y_test),
+    )
 
 
 # The generating factors of `shapes`, in label-column order, with the number of values of each.
@@ -215,8 +228,7 @@ def shapes(n=None, size=32, seed=0, grid=None, chunk=4096):
         index = torch.arange(total)
     else:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total:
-            raise InvalidInputError(f"n must be an integer in [1, {total}] (the size of the factor grid), "
-                                    f"got {n!r}")
+            raise InvalidInputError(f"n must be an integer in [1, {total}] (the size of the factor grid), got {n!r}")
         index = torch.randperm(total, generator=generator)[:n]
     # grid index -> one level per factor (row-major, last factor fastest)
     factors = torch.empty(len(index), len(sizes), dtype=torch.int64)
@@ -227,10 +239,15 @@ def shapes(n=None, size=32, seed=0, grid=None, chunk=4096):
     values = shapes_factor_values(sizes)
     images = torch.empty(len(index), 1, size, size, dtype=torch.float32)
     for start in range(0, len(index), chunk):
-        f = factors[start:start + chunk]
-        images[start:start + chunk, 0] = _render_shapes(
-            f[:, 0], values["scale"][f[:, 1]], values["orientation"][f[:, 2]],
-            values["x"][f[:, 3]], values["y"][f[:, 4]], size)
+        f = factors[start : start + chunk]
+        images[start : start + chunk, 0] = _render_shapes(
+            f[:, 0],
+            values["scale"][f[:, 1]],
+            values["orientation"][f[:, 2]],
+            values["x"][f[:, 3]],
+            values["y"][f[:, 4]],
+            size,
+        )
     return images, factors
 
 
@@ -248,15 +265,15 @@ def _shapes_grid(grid):
 def _render_shapes(shape, scale, angle, cx, cy, size):
     """Render a batch: shape [b] (0 square, 1 ellipse, 2 heart), scale, angle, cx, cy [b] -> [b, size, size]."""
     centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    py, px = centres[None, :, None], centres[None, None, :]          # image rows go down the y axis
+    py, px = centres[None, :, None], centres[None, None, :]  # image rows go down the y axis
     dx, dy = px - cx[:, None, None], py - cy[:, None, None]
     cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
     r = (0.18 * scale)[:, None, None]
-    u = (cos * dx + sin * dy) / r                                       # rotate by -angle, then scale
+    u = (cos * dx + sin * dy) / r  # rotate by -angle, then scale
     v = (-sin * dx + cos * dy) / r
     out = torch.zeros(u.shape)
     for k, inside in enumerate((_square, _ellipse, _heart)):
-        rows = shape == k                                                # each image tests one shape only
+        rows = shape == k  # each image tests one shape only
         if rows.any():
             out[rows] = inside(u[rows], v[rows]).float()
     return out
@@ -267,12 +284,12 @@ def _square(u, v):
 
 
 def _ellipse(u, v):
-    return u ** 2 + (v / 0.5) ** 2 <= 1
+    return u**2 + (v / 0.5) ** 2 <= 1
 
 
 def _heart(u, v):
-    hu, hv = 1.15 * u, -1.15 * v - 0.1                                   # upright, centred, unit size
-    return (hu ** 2 + hv ** 2 - 1) ** 3 - hu ** 2 * hv ** 3 <= 0
+    hu, hv = 1.15 * u, -1.15 * v - 0.1  # upright, centred, unit size
+    return (hu**2 + hv**2 - 1) ** 3 - hu**2 * hv**3 <= 0
 
 
 def _open_maybe_gzip(path):
@@ -299,9 +316,11 @@ def read_idx(path):
     except (OSError, EOFError) as e:
         raise InvalidInputError(f"IDX file {path!r} cannot be read: {e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise InvalidInputError(f"{path!r} is not an IDX (MNIST-format) file: bad magic number "
-                                f"{raw[:4].hex() or '(empty file)'}; expected 0000 then a type byte "
-                                f"(08 for unsigned bytes) and the number of dimensions")
+        raise InvalidInputError(
+            f"{path!r} is not an IDX (MNIST-format) file: bad magic number "
+            f"{raw[:4].hex() or '(empty file)'}; expected 0000 then a type byte "
+            f"(08 for unsigned bytes) and the number of dimensions"
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(raw) < header:
@@ -310,8 +329,10 @@ def read_idx(path):
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = header + int(np.prod(dims)) * dtype.itemsize
     if len(raw) != expected:
-        raise InvalidInputError(f"IDX file {path!r} declares shape {dims} ({expected} bytes with the header) "
-                                f"but holds {len(raw)} bytes: truncated or not an IDX file")
+        raise InvalidInputError(
+            f"IDX file {path!r} declares shape {dims} ({expected} bytes with the header) "
+            f"but holds {len(raw)} bytes: truncated or not an IDX file"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -324,17 +345,22 @@ def load_mnist(images_path, labels_path=None):
     """
     images = read_idx(images_path)
     if images.ndim != 3:
-        raise InvalidInputError(f"{str(images_path)!r} holds an array of shape {images.shape}; MNIST images "
-                                f"are 3-dimensional [n, rows, cols] (magic number 0x00000803)")
+        raise InvalidInputError(
+            f"{str(images_path)!r} holds an array of shape {images.shape}; MNIST images "
+            f"are 3-dimensional [n, rows, cols] (magic number 0x00000803)"
+        )
     scale = 255.0 if images.dtype == np.uint8 else 1.0
     x = torch.from_numpy(images.astype(np.float32) / scale)[:, None]
     if labels_path is None:
         return x
     labels = read_idx(labels_path)
     if labels.ndim != 1:
-        raise InvalidInputError(f"{str(labels_path)!r} holds an array of shape {labels.shape}; MNIST labels "
-                                f"are 1-dimensional [n] (magic number 0x00000801)")
+        raise InvalidInputError(
+            f"{str(labels_path)!r} holds an array of shape {labels.shape}; MNIST labels "
+            f"are 1-dimensional [n] (magic number 0x00000801)"
+        )
     if len(labels) != len(x):
-        raise InvalidInputError(f"{len(x)} images in {str(images_path)!r} but {len(labels)} labels in "
-                                f"{str(labels_path)!r}")
+        raise InvalidInputError(
+            f"{len(x)} images in {str(images_path)!r} but {len(labels)} labels in {str(labels_path)!r}"
+        )
     return x, torch.from_numpy(labels.astype(np.int64))

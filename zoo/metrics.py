@@ -16,6 +16,7 @@ posterior means μ(x)) and factors [n, K] (integer levels), and return a score i
 A perfectly disentangled code scores 1 on both; a code mixing factors across latents scores near 0.
 Factors with a single level (entropy 0) carry no information and are left out.
 """
+
 import numpy as np
 import torch
 from sklearn.metrics import mutual_info_score
@@ -27,8 +28,9 @@ def _as_arrays(codes, factors):
     codes = codes.detach().cpu().numpy() if torch.is_tensor(codes) else np.asarray(codes)
     factors = factors.detach().cpu().numpy() if torch.is_tensor(factors) else np.asarray(factors)
     if codes.ndim != 2 or factors.ndim != 2 or codes.shape[0] != factors.shape[0] or codes.shape[0] < 2:
-        raise InvalidInputError(f"codes must be [n, D] and factors [n, K] with the same n >= 2; got "
-                                f"{codes.shape} and {factors.shape}")
+        raise InvalidInputError(
+            f"codes must be [n, D] and factors [n, K] with the same n >= 2; got {codes.shape} and {factors.shape}"
+        )
     if not np.isfinite(codes).all():
         raise InvalidInputError("codes contain NaN or infinite values")
     if not np.issubdtype(factors.dtype, np.integer):
@@ -50,8 +52,12 @@ def mutual_information(codes, factors, n_bins=20):
     """I(z_j; v_k) in nats for every latent j and factor k, on discretised codes: [D, K]."""
     codes, factors = _as_arrays(codes, factors)
     binned = discretize(codes, n_bins)
-    return np.array([[mutual_info_score(factors[:, k], binned[:, j]) for k in range(factors.shape[1])]
-                     for j in range(binned.shape[1])])
+    return np.array(
+        [
+            [mutual_info_score(factors[:, k], binned[:, j]) for k in range(factors.shape[1])]
+            for j in range(binned.shape[1])
+        ]
+    )
 
 
 def factor_entropy(factors):
@@ -84,8 +90,7 @@ def mig(codes, factors, n_bins=20, per_factor=False):
     return (score, gaps) if per_factor else score
 
 
-def factorvae_score(codes, factors, batch_size=64, n_train=800, n_eval=400, seed=0,
-                    active_threshold=0.05):
+def factorvae_score(codes, factors, batch_size=64, n_train=800, n_eval=400, seed=0, active_threshold=0.05):
     """The FactorVAE disentanglement score in [0, 1] (Kim & Mnih 2018), from a data set of codes.
 
     Each vote: pick a (varying) factor k and one of its levels at random, draw ``batch_size`` data points
@@ -100,7 +105,7 @@ def factorvae_score(codes, factors, batch_size=64, n_train=800, n_eval=400, seed
     codes, factors = _as_arrays(codes, factors)
     rng = np.random.default_rng(seed)
     scale = codes.std(axis=0)
-    active = scale ** 2 > active_threshold
+    active = scale**2 > active_threshold
     if not active.any():
         return 0.0
     varying = [k for k in range(factors.shape[1]) if len(np.unique(factors[:, k])) > 1]
@@ -123,5 +128,5 @@ def factorvae_score(codes, factors, batch_size=64, n_train=800, n_eval=400, seed
     n_latent, n_factor = normed.shape[1], factors.shape[1]
     table = np.zeros((n_latent, n_factor), dtype=np.int64)
     np.add.at(table, (train[:, 0], train[:, 1]), 1)
-    classify = table.argmax(axis=1)              # each latent votes for its most frequent factor
+    classify = table.argmax(axis=1)  # each latent votes for its most frequent factor
     return float(np.mean(classify[test[:, 0]] == test[:, 1]))

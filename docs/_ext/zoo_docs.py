@@ -15,6 +15,7 @@
   PyTorch and ArviZ are written here from the list of objects these pages link to (OFFLINE_INVENTORIES),
   with each site's real page layout; the links in the built pages go to the real sites.
 """
+
 import argparse
 import filecmp
 import re
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 DOCS = Path(__file__).resolve().parents[1]
 ROOT = DOCS.parent
 NOTEBOOKS_SRC = ROOT / "notebooks"
-NOTEBOOKS_DST = DOCS / "notebooks"        # generated copies (git-ignored)
+NOTEBOOKS_DST = DOCS / "notebooks"  # generated copies (git-ignored)
 THUMBNAILS = NOTEBOOKS_DST / "thumbnails"
 GALLERY = "gallery"
 
@@ -69,8 +70,11 @@ def read_gallery_last(app, env, docnames):
 
 def outdated_without_thumbnail(app, env, added, changed, removed):
     """Re-read a notebook whose thumbnail is missing (the cache keeps it from being re-executed)."""
-    return [d for d in env.found_docs if is_notebook(d) and not thumbnail_path(d).exists()
-            and d not in added and d not in changed]
+    return [
+        d
+        for d in env.found_docs
+        if is_notebook(d) and not thumbnail_path(d).exists() and d not in added and d not in changed
+    ]
 
 
 def write_thumbnail(app, doctree):
@@ -85,11 +89,12 @@ def write_thumbnail(app, doctree):
                 path = Path(app.srcdir) / uri
             if path.suffix.lower() == ".png" and path.exists():
                 from PIL import Image
+
                 THUMBNAILS.mkdir(parents=True, exist_ok=True)
                 with Image.open(path) as im:
                     im = im.convert("RGB")
                     im.thumbnail((480, 320))
-                    canvas = Image.new("RGB", (480, 320), "white")   # every card the same size
+                    canvas = Image.new("RGB", (480, 320), "white")  # every card the same size
                     canvas.paste(im, ((480 - im.width) // 2, (320 - im.height) // 2))
                     canvas.save(thumbnail_path(docname))
                 return
@@ -97,10 +102,10 @@ def write_thumbnail(app, doctree):
 
 
 # ---- docstrings written for help() ------------------------------------------------------------------
-_INLINE = re.compile(r"(``.+?``|`[^`]+`_?|:[\w:.-]+:`[^`]+`)")         # literals, roles, links: kept as is
+_INLINE = re.compile(r"(``.+?``|`[^`]+`_?|:[\w:.-]+:`[^`]+`)")  # literals, roles, links: kept as is
 _EMPHASIS = re.compile(r"(?<![\w*\\])(\*\*|\*)(?=[^\s*])(.+?)(?<=[^\s*\\])\1(?![\w*])")
-_MARKUP_START = re.compile(r"^\s*(:[^:\s][^:]*:\s|[-*+] |\d+[.)] )")   # ":param x: ", "- ", "1. "
-_VERBATIM = re.compile(r"^\s*(\.\. |[|+]|>>>)")                         # directives, tables, doctests
+_MARKUP_START = re.compile(r"^\s*(:[^:\s][^:]*:\s|[-*+] |\d+[.)] )")  # ":param x: ", "- ", "1. "
+_VERBATIM = re.compile(r"^\s*(\.\. |[|+]|>>>)")  # directives, tables, doctests
 _RST_CONSTRUCT = re.compile(r"^\s*(\.\. |:[\w\\ *]+:|[-*+] |\d+[.)] |\w[.)] |[|+]|>>>)")
 
 
@@ -112,12 +117,12 @@ def _escape_prose(text):
     """Escape ``|`` and every ``*`` that does not open or close an emphasis in one line of prose."""
     out = []
     for i, part in enumerate(_INLINE.split(text)):
-        if i % 2:                       # a literal, a role, a link: leave it
+        if i % 2:  # a literal, a role, a link: leave it
             out.append(part)
             continue
         pieces, last = [], 0
         for m in _EMPHASIS.finditer(part):
-            pieces.append(part[last:m.start()].replace("*", r"\*"))
+            pieces.append(part[last : m.start()].replace("*", r"\*"))
             pieces.append(m.group(0))
             last = m.end()
         pieces.append(part[last:].replace("*", r"\*"))
@@ -133,7 +138,7 @@ def plain_text_docstrings(app, what, name, obj, options, lines):
     does not pair up into an emphasis (``*data``, ``a * b``) are escaped.
     """
     result, i, n = [], 0, len(lines)
-    in_literal_parent = None          # indentation of the paragraph that opened a literal block
+    in_literal_parent = None  # indentation of the paragraph that opened a literal block
     while i < n:
         line = lines[i]
         if line.strip() and in_literal_parent is not None and _indent(line) <= in_literal_parent:
@@ -142,18 +147,23 @@ def plain_text_docstrings(app, what, name, obj, options, lines):
             result.append(line)
             i += 1
             continue
-        prev = next((l for l in reversed(result) if l.strip()), None)
-        opens_block = (result and not result[-1].strip() and prev is not None
-                       and _indent(line) > _indent(prev) and not _RST_CONSTRUCT.match(prev))
+        prev = next((line for line in reversed(result) if line.strip()), None)
+        opens_block = (
+            result
+            and not result[-1].strip()
+            and prev is not None
+            and _indent(line) > _indent(prev)
+            and not _RST_CONSTRUCT.match(prev)
+        )
         if prev is not None and prev.rstrip().endswith("::") and _indent(line) > _indent(prev):
-            in_literal_parent = _indent(prev)          # already a literal block
+            in_literal_parent = _indent(prev)  # already a literal block
         elif opens_block:
             result[-1:] = ["", " " * _indent(prev) + "::", ""]
             in_literal_parent = _indent(prev)
         if in_literal_parent is None:
-            marker = _MARKUP_START.match(line)        # a field name, a bullet: escape only what follows
+            marker = _MARKUP_START.match(line)  # a field name, a bullet: escape only what follows
             if marker:
-                line = marker.group(0) + _escape_prose(line[marker.end():])
+                line = marker.group(0) + _escape_prose(line[marker.end() :])
             elif not _VERBATIM.match(line):
                 line = _escape_prose(line)
         result.append(line)
@@ -178,12 +188,13 @@ class ZooCli(SphinxDirective):
 
     def run(self):
         from zoo.cli import build_parser
+
         self.env.note_dependency(str(ROOT / "zoo" / "cli.py"))
         sections = []
         for command, parser in walk_parsers(build_parser(), "zoo"):
             has_sub = any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
             if has_sub and command != "zoo":
-                continue   # `zoo fit`, `zoo compare`, ...: only lists its models, shown on their own
+                continue  # `zoo fit`, `zoo compare`, ...: only lists its models, shown on their own
             section = nodes.section(ids=[nodes.make_id("cli-" + command)])
             section += nodes.title(text=command)
             text = parser.format_help().rstrip()
@@ -221,8 +232,11 @@ OFFLINE_INVENTORIES = {
         ("pyro.infer.SVI", PY, "inference_algos.html#pyro.infer.svi.SVI"),
         ("pyro.infer.Trace_ELBO", PY, "inference_algos.html#pyro.infer.trace_elbo.Trace_ELBO"),
         ("pyro.infer.TraceEnum_ELBO", PY, "inference_algos.html#pyro.infer.traceenum_elbo.TraceEnum_ELBO"),
-        ("pyro.infer.TraceMeanField_ELBO", PY,
-         "inference_algos.html#pyro.infer.trace_mean_field_elbo.TraceMeanField_ELBO"),
+        (
+            "pyro.infer.TraceMeanField_ELBO",
+            PY,
+            "inference_algos.html#pyro.infer.trace_mean_field_elbo.TraceMeanField_ELBO",
+        ),
         ("pyro.infer.TraceGraph_ELBO", PY, "inference_algos.html#pyro.infer.tracegraph_elbo.TraceGraph_ELBO"),
         ("pyro.infer.config_enumerate", "py:function", "inference_algos.html#pyro.infer.enum.config_enumerate"),
         ("pyro.infer.mcmc.NUTS", PY, "mcmc.html#$"),
@@ -248,8 +262,7 @@ OFFLINE_INVENTORIES = {
         ("torch.dtype", PY, "tensor_attributes.html#$"),
         ("torch.Generator", PY, "generated/torch.Generator.html#$"),
         ("torch.load", "py:function", "generated/torch.load.html#$"),
-        ("torch.nn.parallel.DistributedDataParallel", PY,
-         "generated/torch.nn.parallel.DistributedDataParallel.html#$"),
+        ("torch.nn.parallel.DistributedDataParallel", PY, "generated/torch.nn.parallel.DistributedDataParallel.html#$"),
     ],
     "arviz": [
         ("arviz.InferenceData", PY, "api/generated/arviz.InferenceData.html#$"),
@@ -272,19 +285,21 @@ def write_inventories(app, config):
         lines = "".join(f"{obj} {role} 1 {uri} -\n" for obj, role, uri in entries)
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = (f"# Sphinx inventory version 2\n# Project: {name}\n# Version: stable\n"
-                  "# The remainder of this file is compressed using zlib.\n")
+        header = (
+            f"# Sphinx inventory version 2\n# Project: {name}\n# Version: stable\n"
+            "# The remainder of this file is compressed using zlib.\n"
+        )
         data = header.encode() + zlib.compress(lines.encode())
         if not path.exists() or path.read_bytes() != data:
             path.write_bytes(data)
 
 
 def setup(app):
-    app.connect("config-inited", write_inventories, priority=100)   # before intersphinx reads them
-    app.connect("builder-inited", sync_notebooks, priority=100)     # before the sources are listed
+    app.connect("config-inited", write_inventories, priority=100)  # before intersphinx reads them
+    app.connect("builder-inited", sync_notebooks, priority=100)  # before the sources are listed
     app.connect("env-before-read-docs", read_gallery_last)
     app.connect("env-get-outdated", outdated_without_thumbnail)
     app.connect("doctree-read", write_thumbnail)
     app.add_directive("zoo-cli", ZooCli)
-    app.connect("autodoc-process-docstring", plain_text_docstrings, priority=600)   # after napoleon
+    app.connect("autodoc-process-docstring", plain_text_docstrings, priority=600)  # after napoleon
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True, "env_version": 1}

@@ -14,8 +14,9 @@ The acceptance check is the column ``trusted_or_warned`` (accurate, or warned): 
 never silently.
 
 Methods (``METHODS``): nuts, laplace, laplace+psis (the Laplace fit resampled by Pareto-smoothed
-importance weights), svi-meanfield, svi-lowrank, svi-fullrank, svi-fullrank+psis and svi-flow (SVI with
-``inference.guide(model, family)`` and ``inference.svi``'s default settings). ``DEFAULT_METHODS`` is all
+importance weights), pathfinder (``inference.pathfinder``, four paths), svi-meanfield, svi-lowrank,
+svi-fullrank, svi-fullrank+psis and svi-flow (SVI with ``inference.guide(model, family)`` and
+``inference.svi``'s default settings). ``DEFAULT_METHODS`` is all
 of them but svi-flow: a normalising-flow guide is the slowest fit by far on a CPU, so it runs only when
 asked for. A "+psis" row reweights the very fit of its base row (laplace, svi-fullrank), not a refit; its
 seconds are the base fit's plus the reweighting's, and its verdict is the reweighted fit's own (k-hat of
@@ -25,6 +26,7 @@ Files in ``out``: results.csv (one row per cell, rewritten atomically after ever
 run keeps every cell it finished and ``resume=True`` goes on from there), and at the end heatmap.png
 (methods x posteriors, colour = max |error|) and table.md (the same as a markdown table).
 """
+
 import functools
 import textwrap
 import time
@@ -36,15 +38,29 @@ import pandas as pd
 from tqdm import tqdm
 
 import inference
-from inference.checkpoint import atomic_write_text
 from inference.diagnostics import flat_elements, posterior_draws
 from inference.errors import ConvergenceWarning, InvalidInputError
+from inference.files import atomic_write_text
 
-COLUMNS = ["posterior", "method", "seed", "status", "verdict", "accurate", "trusted_or_warned",
-           "max_abs_error", "min_sd_ratio", "max_sd_ratio", "khat", "seconds", "warnings", "error"]
+COLUMNS = [
+    "posterior",
+    "method",
+    "seed",
+    "status",
+    "verdict",
+    "accurate",
+    "trusted_or_warned",
+    "max_abs_error",
+    "min_sd_ratio",
+    "max_sd_ratio",
+    "khat",
+    "seconds",
+    "warnings",
+    "error",
+]
 NUM_DRAWS = 1000
-MAX_ERROR = 0.2                    # accuracy bounds of an approximation, in reference sds
-MAX_ERROR_EXACT = {"nuts": 0.15}   # methods that should match the reference up to Monte Carlo error
+MAX_ERROR = 0.2  # accuracy bounds of an approximation, in reference sds
+MAX_ERROR_EXACT = {"nuts": 0.15}  # methods that should match the reference up to Monte Carlo error
 SD_RATIO_RANGE = (0.75, 1.3)
 FILES = ["results.csv", "heatmap.png", "table.md"]
 
@@ -71,6 +87,7 @@ def reuse_last(method):
         for w in last["warnings"]:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return last["fit"]
+
     return reused
 
 
@@ -85,17 +102,25 @@ def fit_laplace(posterior, seed):
     return inference.laplace(posterior.model, *posterior.data, seed=seed)
 
 
+def fit_pathfinder(posterior, seed):
+    """Pathfinder: four L-BFGS paths, their best normals importance-resampled by PSIS."""
+    return inference.pathfinder(posterior.model, *posterior.data, seed=seed, progress=False)
+
+
 def svi_method(family):
     """A method: SVI with the ``family`` autoguide and ``inference.svi``'s default settings."""
+
     def fit_svi(posterior, seed):
         guide = inference.guide(posterior.model, family)
         return inference.svi(posterior.model, guide, *posterior.data, seed=seed, progress=False)
+
     fit_svi.__doc__ = f"SVI with the {family} autoguide, default settings."
     return fit_svi
 
 
 def reweighted_method(base):
     """A method: the fit of ``METHODS[base]`` resampled by its Pareto-smoothed importance weights."""
+
     def fit_reweighted(posterior, seed):
         with warnings.catch_warnings():
             # the base row reports the base fit's verdict; this row's verdict is the reweighted fit's own
@@ -104,8 +129,9 @@ def reweighted_method(base):
             base_fit = METHODS[base](posterior, seed)
         start = time.perf_counter()
         fit = base_fit.reweighted(seed=seed)
-        fit.seconds = base_fit.seconds + (time.perf_counter() - start)   # the row's cost is both steps
+        fit.seconds = base_fit.seconds + (time.perf_counter() - start)  # the row's cost is both steps
         return fit
+
     fit_reweighted.__doc__ = f"The {base} fit, reweighted by PSIS."
     return fit_reweighted
 
@@ -114,6 +140,7 @@ METHODS = {
     "nuts": fit_nuts,
     "laplace": reuse_last(fit_laplace),
     "laplace+psis": reweighted_method("laplace"),
+    "pathfinder": fit_pathfinder,
     "svi-meanfield": svi_method("meanfield"),
     "svi-lowrank": svi_method("lowrank"),
     "svi-fullrank": reuse_last(svi_method("fullrank")),
@@ -148,19 +175,19 @@ def run_benchmark(posteriors=None, methods=None, out=None, seed=0, progress=None
     out = None if out is None else Path(out)
     grid = [(p.name, m) for p in posteriors for m in methods]
     previous = read_results(out / "results.csv") if resume else {}
-    done = {key: row for key, row in previous.items()
-            if key in grid and row["status"] == "ok" and row["seed"] == seed}
-    others = [row for key, row in previous.items() if key not in grid]   # not ours to drop
+    done = {key: row for key, row in previous.items() if key in grid and row["status"] == "ok" and row["seed"] == seed}
+    others = [row for key, row in previous.items() if key not in grid]  # not ours to drop
     rows = dict(done)
     todo = [(p, m) for p in posteriors for m in methods if (p.name, m) not in done]
 
-    bar = tqdm(todo, desc="benchmark", unit="cell", dynamic_ncols=True,
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        todo, desc="benchmark", unit="cell", dynamic_ncols=True, disable=None if progress is None else not progress
+    )
     try:
         for posterior, method in bar:
             bar.set_postfix_str(f"{posterior.name} / {method}")
             rows[(posterior.name, method)] = run_cell(posterior, method, seed)
-            if out is not None:   # after every cell: an interrupted run keeps what it finished
+            if out is not None:  # after every cell: an interrupted run keeps what it finished
                 atomic_write_text(out / "results.csv", _table(rows, grid, others).to_csv(index=False))
     finally:
         bar.close()
@@ -168,6 +195,7 @@ def run_benchmark(posteriors=None, methods=None, out=None, seed=0, progress=None
     table = _table(rows, grid, others)
     if out is not None:
         from inference.plots import save_figure
+
         atomic_write_text(out / "results.csv", table.to_csv(index=False))
         save_figure(plot_heatmap(table), out / "heatmap.png")
         atomic_write_text(out / "table.md", markdown_table(table))
@@ -186,10 +214,19 @@ def run_cell(posterior, method, seed=0):
     on to its next cell; KeyboardInterrupt is not an Exception and stops the run.
     """
     row = dict.fromkeys(COLUMNS, np.nan)
-    row.update(posterior=posterior.name, method=method, seed=seed, status="ok", verdict=pd.NA,
-               accurate=pd.NA, trusted_or_warned=pd.NA, warnings="", error="")
+    row.update(
+        posterior=posterior.name,
+        method=method,
+        seed=seed,
+        status="ok",
+        verdict=pd.NA,
+        accurate=pd.NA,
+        trusted_or_warned=pd.NA,
+        warnings="",
+        error="",
+    )
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")   # record repeats too: each cell must hear its own warnings
+        warnings.simplefilter("always")  # record repeats too: each cell must hear its own warnings
         try:
             fit = METHODS[method](posterior, seed)
             row["seconds"] = float(fit.seconds)
@@ -197,8 +234,14 @@ def run_cell(posterior, method, seed=0):
             row.update(score(fit, posterior.reference, seed=seed))
         except Exception as e:
             row.update(status="failed", error=_shorten(f"{type(e).__name__}: {e}", 500))
-    row["warnings"] = _shorten(" | ".join(dict.fromkeys(
-        str(w.message) for w in caught if not issubclass(w.category, (DeprecationWarning, FutureWarning)))), 400)
+    row["warnings"] = _shorten(
+        " | ".join(
+            dict.fromkeys(
+                str(w.message) for w in caught if not issubclass(w.category, (DeprecationWarning, FutureWarning))
+            )
+        ),
+        400,
+    )
     if row["status"] == "ok":
         warned = any(issubclass(w.category, ConvergenceWarning) for w in caught)
         converged = bool(fit.diagnostics.get("converged", False))
@@ -225,23 +268,28 @@ def score(fit, reference, num_samples=NUM_DRAWS, seed=0):
     elements = dict(flat_elements(draws, list(draws)))
     missing = [label for label in reference if label not in elements]
     if missing:
-        raise InvalidInputError(f"the fit has no draws of the reference elements {missing}; "
-                                f"its elements: {list(elements)}")
+        raise InvalidInputError(
+            f"the fit has no draws of the reference elements {missing}; its elements: {list(elements)}"
+        )
     errors, ratios = [], []
     for label, (ref_mean, ref_sd) in reference.items():
         x = np.asarray(elements[label], dtype=float)
         errors.append((x.mean() - ref_mean) / ref_sd)
         ratios.append(x.std(ddof=1) / ref_sd)
-    return {"max_abs_error": float(np.max(np.abs(errors))), "min_sd_ratio": float(np.min(ratios)),
-            "max_sd_ratio": float(np.max(ratios))}
+    return {
+        "max_abs_error": float(np.max(np.abs(errors))),
+        "min_sd_ratio": float(np.min(ratios)),
+        "max_sd_ratio": float(np.max(ratios)),
+    }
 
 
 def is_accurate(method, max_abs_error, min_sd_ratio, max_sd_ratio):
     """True when the fit's means are within the method's tolerance and its sds within ``SD_RATIO_RANGE``
     of the reference (NaN scores are not accurate)."""
     low, high = SD_RATIO_RANGE
-    return bool(max_abs_error <= MAX_ERROR_EXACT.get(method, MAX_ERROR)
-                and low <= min_sd_ratio and max_sd_ratio <= high)
+    return bool(
+        max_abs_error <= MAX_ERROR_EXACT.get(method, MAX_ERROR) and low <= min_sd_ratio and max_sd_ratio <= high
+    )
 
 
 def load_posteriors(posteriors=None):
@@ -249,7 +297,8 @@ def load_posteriors(posteriors=None):
     if posteriors is not None:
         posteriors = [posteriors] if isinstance(posteriors, str) else list(posteriors)
     if posteriors is None or any(isinstance(p, str) for p in posteriors):
-        from zoo import posteriordb   # only for names: a caller's own posterior objects need no database
+        from zoo import posteriordb  # only for names: a caller's own posterior objects need no database
+
         posteriors = posteriordb.names() if posteriors is None else posteriors
         check_posteriors([p for p in posteriors if isinstance(p, str)])
         posteriors = [posteriordb.load(p) if isinstance(p, str) else p for p in posteriors]
@@ -261,6 +310,7 @@ def load_posteriors(posteriors=None):
 def check_posteriors(names):
     """Return ``names`` as a list if every one is a posterior of ``zoo.posteriordb``, else raise naming them."""
     from zoo import posteriordb
+
     return check_names([names] if isinstance(names, str) else list(names), posteriordb.names(), "posterior")
 
 
@@ -273,8 +323,7 @@ def check_names(names, valid, what):
     """Return ``names`` if it is non-empty and every name is in ``valid``, else raise listing them."""
     unknown = [n for n in names if n not in valid]
     if unknown:
-        raise InvalidInputError(f"unknown {what}(s) {', '.join(map(repr, unknown))}; "
-                                f"valid: {', '.join(valid)}")
+        raise InvalidInputError(f"unknown {what}(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
     if not names:
         raise InvalidInputError(f"no {what}s given; valid: {', '.join(valid)}")
     return list(names)
@@ -287,8 +336,7 @@ def read_results(path):
         return {}
     table = pd.read_csv(path, keep_default_na=False, na_values=[""])
     if not {"posterior", "method", "status", "seed"} <= set(table.columns):
-        raise InvalidInputError(f"{str(path)!r} is not a results.csv of zoo benchmark "
-                                f"(columns {list(table.columns)})")
+        raise InvalidInputError(f"{str(path)!r} is not a results.csv of zoo benchmark (columns {list(table.columns)})")
     table = table.reindex(columns=COLUMNS)
     table[["warnings", "error"]] = table[["warnings", "error"]].astype(object).fillna("")
     return {(row["posterior"], row["method"]): row for row in table.to_dict("records")}
@@ -305,11 +353,13 @@ def _shorten(text, width):
 
 # ---- reports ---------------------------------------------------------------------------------------
 WARNED, ACCURATE, INACCURATE = "⚠", "✓", "✗"
-LEGEND = (f"Cell: max |error| of the posterior means, in reference sds / the sd ratio furthest from 1 "
-          f"(sd / reference sd). {ACCURATE} accurate (max |error| <= {MAX_ERROR}, NUTS <= "
-          f"{MAX_ERROR_EXACT['nuts']}, and every sd ratio in [{SD_RATIO_RANGE[0]}, {SD_RATIO_RANGE[1]}]), "
-          f"{INACCURATE} not accurate, {WARNED} warned (a ConvergenceWarning, or the fit did not report "
-          f"convergence); failed: the fit raised an error.")
+LEGEND = (
+    f"Cell: max |error| of the posterior means, in reference sds / the sd ratio furthest from 1 "
+    f"(sd / reference sd). {ACCURATE} accurate (max |error| <= {MAX_ERROR}, NUTS <= "
+    f"{MAX_ERROR_EXACT['nuts']}, and every sd ratio in [{SD_RATIO_RANGE[0]}, {SD_RATIO_RANGE[1]}]), "
+    f"{INACCURATE} not accurate, {WARNED} warned (a ConvergenceWarning, or the fit did not report "
+    f"convergence); failed: the fit raised an error."
+)
 
 
 def _ok(table):
@@ -364,14 +414,13 @@ def plot_heatmap(table):
     for row in table[_ok(table)].to_dict("records"):
         errors[methods.index(row["method"]), posteriors.index(row["posterior"])] = row["max_abs_error"]
     # green below the accuracy threshold, red above: on this log scale 0.2 sits in the middle
-    cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="white")   # white: cells not run, NaN scores
+    cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="white")  # white: cells not run, NaN scores
     norm = LogNorm(vmin=0.01, vmax=4.0, clip=True)
 
     fig, ax = plt.subplots(figsize=(max(6.5, 2.5 + 1.1 * len(posteriors)), max(3.0, 1.5 + 0.55 * len(methods))))
-    image = ax.imshow(np.ma.masked_invalid(np.maximum(errors, norm.vmin)), cmap=cmap, norm=norm,
-                      aspect="auto")
+    image = ax.imshow(np.ma.masked_invalid(np.maximum(errors, norm.vmin)), cmap=cmap, norm=norm, aspect="auto")
     colorbar = fig.colorbar(image, ax=ax, label="max |error| (reference sds)")
-    colorbar.ax.axhline(MAX_ERROR, color="black", linewidth=1.5)   # the accuracy threshold
+    colorbar.ax.axhline(MAX_ERROR, color="black", linewidth=1.5)  # the accuracy threshold
     for row in table.to_dict("records"):
         i, j = methods.index(row["method"]), posteriors.index(row["posterior"])
         if row["status"] != "ok":
@@ -381,19 +430,28 @@ def plot_heatmap(table):
         value = row["max_abs_error"]
         text = f"{value:.2g}"
         if row["verdict"] == "warned":
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.35",
-                                   linewidth=0))
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.35", linewidth=0))
             text = f"{WARNED} {text}"
-        if row["verdict"] == "warned":   # on a white box, readable over the hatching
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    bbox=dict(boxstyle="round,pad=0.15", facecolor="white", alpha=0.8, linewidth=0))
+        if row["verdict"] == "warned":  # on a white box, readable over the hatching
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=8,
+                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", alpha=0.8, linewidth=0),
+            )
             continue
         dark = np.isfinite(value) and np.dot(cmap(norm(max(value, norm.vmin)))[:3], [0.30, 0.59, 0.11]) < 0.45
         ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks(range(len(posteriors)), posteriors, rotation=40, ha="right")
     ax.set_yticks(range(len(methods)), methods)
-    ax.set_title(f"max |error| of the posterior means, in reference sds\nhatched {WARNED}: warned,  "
-                 f"grey: failed,  line on the colour bar: the accuracy threshold {MAX_ERROR}", fontsize=9)
+    ax.set_title(
+        f"max |error| of the posterior means, in reference sds\nhatched {WARNED}: warned,  "
+        f"grey: failed,  line on the colour bar: the accuracy threshold {MAX_ERROR}",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -403,23 +461,29 @@ def summarize(table):
     median max |error| and seconds; then every wrong fit that was not warned and every failure."""
     ok = _ok(table)
     silent = ok & ~table["trusted_or_warned"].map(_is_true)
-    per_method = pd.DataFrame({
-        "cells": table.groupby("method", sort=False).size(),
-        "accurate": table["accurate"].map(_is_true).groupby(table["method"], sort=False).sum(),
-        "warned": table["verdict"].eq("warned").groupby(table["method"], sort=False).sum(),
-        "failed": (~ok).groupby(table["method"], sort=False).sum(),
-        "wrong_unwarned": silent.groupby(table["method"], sort=False).sum(),
-        "median_error": table["max_abs_error"].where(ok).groupby(table["method"], sort=False).median(),
-        "median_seconds": table["seconds"].where(ok).groupby(table["method"], sort=False).median(),
-    })
+    per_method = pd.DataFrame(
+        {
+            "cells": table.groupby("method", sort=False).size(),
+            "accurate": table["accurate"].map(_is_true).groupby(table["method"], sort=False).sum(),
+            "warned": table["verdict"].eq("warned").groupby(table["method"], sort=False).sum(),
+            "failed": (~ok).groupby(table["method"], sort=False).sum(),
+            "wrong_unwarned": silent.groupby(table["method"], sort=False).sum(),
+            "median_error": table["max_abs_error"].where(ok).groupby(table["method"], sort=False).median(),
+            "median_seconds": table["seconds"].where(ok).groupby(table["method"], sort=False).median(),
+        }
+    )
     with pd.option_context("display.width", 160, "display.precision", 3):
-        lines = ["per method (error: max |mean - reference mean| / reference sd over a posterior's elements)",
-                 per_method.to_string()]
+        lines = [
+            "per method (error: max |mean - reference mean| / reference sd over a posterior's elements)",
+            per_method.to_string(),
+        ]
     if silent.any():
         lines.append(f"\n{int(silent.sum())} wrong fit(s) without a warning:")
-        lines += [f"  {r['posterior']} / {r['method']}: max |error| {r['max_abs_error']:.3g}, sd ratio "
-                  f"{r['min_sd_ratio']:.3g}-{r['max_sd_ratio']:.3g}, khat {r['khat']:.3g}"
-                  for r in table[silent].to_dict("records")]
+        lines += [
+            f"  {r['posterior']} / {r['method']}: max |error| {r['max_abs_error']:.3g}, sd ratio "
+            f"{r['min_sd_ratio']:.3g}-{r['max_sd_ratio']:.3g}, khat {r['khat']:.3g}"
+            for r in table[silent].to_dict("records")
+        ]
     else:
         lines.append(f"\nevery wrong fit was warned ({int(ok.sum())} fits)")
     if not ok.all():
@@ -432,9 +496,11 @@ def main(args):
     """`zoo benchmark` with parsed command-line ``args``: run, print the summary, name the files."""
     posteriors = load_posteriors(args.posteriors)
     methods = DEFAULT_METHODS if args.methods is None else args.methods
-    print(f"zoo benchmark: {len(posteriors)} posteriors x {len(methods)} methods ({', '.join(methods)})"
-          f"{', resuming' if args.resume else ''}", flush=True)
-    table = run_benchmark(posteriors, methods, out=args.out, seed=args.seed, progress=args.progress,
-                          resume=args.resume)
+    print(
+        f"zoo benchmark: {len(posteriors)} posteriors x {len(methods)} methods ({', '.join(methods)})"
+        f"{', resuming' if args.resume else ''}",
+        flush=True,
+    )
+    table = run_benchmark(posteriors, methods, out=args.out, seed=args.seed, progress=args.progress, resume=args.resume)
     print(summarize(table))
     print(f"wrote {', '.join(FILES)} to {args.out}/")

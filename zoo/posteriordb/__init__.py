@@ -20,6 +20,7 @@ Two kinds:
 Reference labels are ArviZ-style and 0-based on the model's latent sample sites ("beta[0]", "sigma"),
 as ``inference.diagnostics.flat_elements`` names them; Stan's ``beta[1]`` is ``beta[0]`` here.
 """
+
 import functools
 import json
 import math
@@ -78,15 +79,23 @@ def _earn_height_data(d):
 
 def _logearn_interaction_z_data(d):
     height, male = np.asarray(d["height"], dtype=np.float64), np.asarray(d["male"], dtype=np.float64)
-    z_height = (height - height.mean()) / height.std(ddof=1)        # Stan's sd() divides by N - 1
+    z_height = (height - height.mean()) / height.std(ddof=1)  # Stan's sd() divides by N - 1
     return _float(np.log(d["earn"])), _float(z_height), _float(male), _float(z_height * male)
 
 
 def _nes_data(d):
     age = np.asarray(d["age_discrete"])
-    return (_float(d["partyid7"]), _float(d["real_ideo"]), _float(d["race_adj"]), _float(age == 2),
-            _float(age == 3), _float(age == 4), _float(d["educ1"]), _float(d["gender"]),
-            _float(d["income"]))
+    return (
+        _float(d["partyid7"]),
+        _float(d["real_ideo"]),
+        _float(d["race_adj"]),
+        _float(age == 2),
+        _float(age == 3),
+        _float(age == 4),
+        _float(d["educ1"]),
+        _float(d["gender"]),
+        _float(d["income"]),
+    )
 
 
 def _kilpisjarvi_data(d):
@@ -94,7 +103,7 @@ def _kilpisjarvi_data(d):
 
 
 def _diamonds_data(d):
-    X = np.asarray(d["X"], dtype=np.float64)[:, 1:]                  # drop the intercept column
+    X = np.asarray(d["X"], dtype=np.float64)[:, 1:]  # drop the intercept column
     return _float(d["Y"]), _float(X - X.mean(axis=0))
 
 
@@ -131,37 +140,67 @@ class _Entry:
 # acceptance for the GP, where Stan's reference run needed adapt_delta 0.99.
 _POSTERIORDB = {
     "earnings-earn_height": _Entry(
-        models.earn_height, "earnings", _earn_height_data,
+        models.earn_height,
+        "earnings",
+        _earn_height_data,
         "ARM: earnings on height, flat priors (3 dims, scales 1e2-1e4, intercept-slope correlation -1)",
-        {"dense_mass": True}, False),
+        {"dense_mass": True},
+        False,
+    ),
     "earnings-logearn_interaction_z": _Entry(
-        models.logearn_interaction_z, "earnings", _logearn_interaction_z_data,
-        "ARM: log earnings on standardised height, sex and interaction, flat priors (5 dims)", {}, False),
+        models.logearn_interaction_z,
+        "earnings",
+        _logearn_interaction_z_data,
+        "ARM: log earnings on standardised height, sex and interaction, flat priors (5 dims)",
+        {},
+        False,
+    ),
     "kilpisjarvi_mod-kilpisjarvi": _Entry(
-        models.kilpisjarvi, "kilpisjarvi_mod", _kilpisjarvi_data,
+        models.kilpisjarvi,
+        "kilpisjarvi_mod",
+        _kilpisjarvi_data,
         "temperature on uncentred year: intercept and slope correlate at ~-1 (3 dims)",
-        {"dense_mass": True}, False),
+        {"dense_mass": True},
+        False,
+    ),
     "nes2000-nes": _Entry(
-        models.nes, "nes2000", _nes_data,
-        "ARM: party identification on 8 predictors, flat priors (10 dims)", {}, False),
+        models.nes, "nes2000", _nes_data, "ARM: party identification on 8 predictors, flat priors (10 dims)", {}, False
+    ),
     "diamonds-diamonds": _Entry(
-        models.diamonds, "diamonds", _diamonds_data,
+        models.diamonds,
+        "diamonds",
+        _diamonds_data,
         "diamond prices on 24 correlated predictors, brms priors: badly conditioned (26 dims)",
-        {"dense_mass": True}, False),
+        {"dense_mass": True},
+        False,
+    ),
     "garch-garch11": _Entry(
-        models.garch11, "garch", _garch_data,
-        "GARCH(1,1) volatility, flat priors, beta1 < 1 - alpha1 through beta1_raw (4 dims)", {}, False),
+        models.garch11,
+        "garch",
+        _garch_data,
+        "GARCH(1,1) volatility, flat priors, beta1 < 1 - alpha1 through beta1_raw (4 dims)",
+        {},
+        False,
+    ),
     "gp_pois_regr-gp_pois_regr": _Entry(
-        models.gp_pois_regr, "gp_pois_regr", _gp_pois_regr_data,
+        models.gp_pois_regr,
+        "gp_pois_regr",
+        _gp_pois_regr_data,
         "Poisson regression on a non-centred squared-exponential GP, 11 points (13 dims)",
-        {"target_accept_prob": 0.95}, False),
+        {"target_accept_prob": 0.95},
+        False,
+    ),
     "arma-arma11": _Entry(
-        models.arma11, "arma", _arma_data,
-        "ARMA(1,1) time series, weakly informative priors (4 dims)", {}, True),
+        models.arma11, "arma", _arma_data, "ARMA(1,1) time series, weakly informative priors (4 dims)", {}, True
+    ),
     "hmm_example-hmm_example": _Entry(
-        models.hmm_example, "hmm_example", _hmm_data,
+        models.hmm_example,
+        "hmm_example",
+        _hmm_data,
         "two-state Gaussian HMM, states summed out by the forward algorithm, ordered means (6 dims)",
-        {}, False),
+        {},
+        False,
+    ),
 }
 
 
@@ -195,16 +234,30 @@ def load(name):
         raise InvalidInputError(f"unknown posterior {name!r}; valid names: {', '.join(names())}")
     if name in conjugate.CONJUGATES:
         c = conjugate.CONJUGATES[name]()
-        return Posterior(name=name, model=c.model, data=c.data, reference=dict(c.reference), exact=True,
-                         description=c.description, nuts={}, cheap=name in conjugate.CHEAP,
-                         reference_ess={label: math.inf for label in c.reference})
+        return Posterior(
+            name=name,
+            model=c.model,
+            data=c.data,
+            reference=dict(c.reference),
+            exact=True,
+            description=c.description,
+            nuts={},
+            cheap=name in conjugate.CHEAP,
+            reference_ess={label: math.inf for label in c.reference},
+        )
     entry = _POSTERIORDB[name]
     elements = _read_reference()["posteriors"][name]["elements"]
     return Posterior(
-        name=name, model=entry.model, data=entry.make_data(_read_json_zip(entry.data_name)),
-        reference={label: (e["mean"], e["sd"]) for label, e in elements.items()}, exact=False,
-        description=entry.description, nuts=dict(entry.nuts), cheap=entry.cheap,
-        reference_ess={label: e["ess_bulk"] for label, e in elements.items()})
+        name=name,
+        model=entry.model,
+        data=entry.make_data(_read_json_zip(entry.data_name)),
+        reference={label: (e["mean"], e["sd"]) for label, e in elements.items()},
+        exact=False,
+        description=entry.description,
+        nuts=dict(entry.nuts),
+        cheap=entry.cheap,
+        reference_ess={label: e["ess_bulk"] for label, e in elements.items()},
+    )
 
 
 __all__ = ["Posterior", "names", "load"]

@@ -5,6 +5,7 @@ fixed seed, so the skewed posteriors really are skewed), and the exact posterior
 latent element, from the formulas in its docstring. Hyperparameters travel in the data tuple, so the
 model is ``model(*data)`` like every posterior of the suite.
 """
+
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 class Conjugate(NamedTuple):
     model: Callable
     data: tuple
-    reference: dict      # element label -> (mean, sd), exact
+    reference: dict  # element label -> (mean, sd), exact
     description: str
 
 
@@ -41,16 +42,19 @@ def normal_mean_model(y, sigma, prior_mean, prior_sd):
 def make_normal_mean(seed=0):
     """1-D normal mean: the posterior is normal,
 
-        precision  l_n = 1 / prior_sd^2 + N / sigma^2
-        mean       m_n = (prior_mean / prior_sd^2 + sum(y) / sigma^2) / l_n,   sd = l_n^(-1/2)
+    precision  l_n = 1 / prior_sd^2 + N / sigma^2
+    mean       m_n = (prior_mean / prior_sd^2 + sum(y) / sigma^2) / l_n,   sd = l_n^(-1/2)
     """
     y = np.random.default_rng(seed).normal(1.5, 2.0, size=8)
     sigma, m0, s0 = 2.0, 0.0, 5.0
-    precision = 1 / s0 ** 2 + y.size / sigma ** 2
-    mean = (m0 / s0 ** 2 + y.sum() / sigma ** 2) / precision
-    return Conjugate(normal_mean_model, tuple(map(_tensor, (y, sigma, m0, s0))),
-                     {"mu": (float(mean), float(precision ** -0.5))},
-                     "normal mean with known noise sd, normal prior, N=8: exact normal posterior")
+    precision = 1 / s0**2 + y.size / sigma**2
+    mean = (m0 / s0**2 + y.sum() / sigma**2) / precision
+    return Conjugate(
+        normal_mean_model,
+        tuple(map(_tensor, (y, sigma, m0, s0))),
+        {"mu": (float(mean), float(precision**-0.5))},
+        "normal mean with known noise sd, normal prior, N=8: exact normal posterior",
+    )
 
 
 # ---- linear regression, known noise, correlated design ----------------------------------------------
@@ -82,12 +86,16 @@ def make_linear_regression(seed=0):
     X = np.column_stack([z, z + 0.35 * rng.normal(size=N), rng.normal(size=N), rng.normal(size=N)])
     sigma, prior_sd = 1.0, 2.0
     y = X @ np.array([1.0, -0.5, 0.8, 0.0]) + sigma * rng.normal(size=N)
-    cov = np.linalg.inv(X.T @ X / sigma ** 2 + np.eye(X.shape[1]) / prior_sd ** 2)
-    mean = cov @ X.T @ y / sigma ** 2
+    cov = np.linalg.inv(X.T @ X / sigma**2 + np.eye(X.shape[1]) / prior_sd**2)
+    mean = cov @ X.T @ y / sigma**2
     reference = {f"w[{i}]": (float(mean[i]), float(np.sqrt(cov[i, i]))) for i in range(X.shape[1])}
-    return Conjugate(linear_regression_model, tuple(map(_tensor, (X, y, sigma, prior_sd))), reference,
-                     "linear regression, known noise, 4 coefficients two of which correlate at -0.9 "
-                     "a posteriori: exact multivariate normal")
+    return Conjugate(
+        linear_regression_model,
+        tuple(map(_tensor, (X, y, sigma, prior_sd))),
+        reference,
+        "linear regression, known noise, 4 coefficients two of which correlate at -0.9 "
+        "a posteriori: exact multivariate normal",
+    )
 
 
 # ---- normal with unknown mean and variance ----------------------------------------------------------
@@ -123,11 +131,17 @@ def make_normal_gamma(seed=0):
     kn, an = k0 + n, a0 + n / 2
     mn = (k0 * m0 + n * ybar) / kn
     bn = b0 + 0.5 * ((y - ybar) ** 2).sum() + k0 * n * (ybar - m0) ** 2 / (2 * kn)
-    reference = {"sigma2": (float(bn / (an - 1)), float(bn / ((an - 1) * np.sqrt(an - 2)))),
-                 "mu": (float(mn), float(np.sqrt(bn / (kn * (an - 1)))))}
-    return Conjugate(normal_gamma_model, tuple(map(_tensor, (y, m0, k0, a0, b0))), reference,
-                     "normal with unknown mean and variance, normal-inverse-gamma prior, N=6: "
-                     "Student-t mean, skewed inverse-gamma variance")
+    reference = {
+        "sigma2": (float(bn / (an - 1)), float(bn / ((an - 1) * np.sqrt(an - 2)))),
+        "mu": (float(mn), float(np.sqrt(bn / (kn * (an - 1))))),
+    }
+    return Conjugate(
+        normal_gamma_model,
+        tuple(map(_tensor, (y, m0, k0, a0, b0))),
+        reference,
+        "normal with unknown mean and variance, normal-inverse-gamma prior, N=6: "
+        "Student-t mean, skewed inverse-gamma variance",
+    )
 
 
 # ---- beta-binomial ----------------------------------------------------------------------------------
@@ -156,9 +170,12 @@ def make_beta_binomial(seed=0):
     a0, b0 = 1.0, 1.0
     a, b = a0 + k, b0 + n - k
     sd = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
-    return Conjugate(beta_binomial_model, tuple(map(_tensor, (float(k), float(n), a0, b0))),
-                     {"theta": (float(a / (a + b)), float(sd))},
-                     f"beta-binomial, {k} successes in {n} trials, uniform prior: skewed beta posterior")
+    return Conjugate(
+        beta_binomial_model,
+        tuple(map(_tensor, (float(k), float(n), a0, b0))),
+        {"theta": (float(a / (a + b)), float(sd))},
+        f"beta-binomial, {k} successes in {n} trials, uniform prior: skewed beta posterior",
+    )
 
 
 # ---- gamma-Poisson ----------------------------------------------------------------------------------
@@ -177,14 +194,17 @@ def gamma_poisson_model(y, a0, b0):
 def make_gamma_poisson(seed=0):
     """Poisson rate from N = 4 counts, gamma prior:
 
-        lam | y ~ Gamma(a0 + sum(y), b0 + N):   mean a / b,   sd sqrt(a) / b
+    lam | y ~ Gamma(a0 + sum(y), b0 + N):   mean a / b,   sd sqrt(a) / b
     """
     y = np.random.default_rng(seed).poisson(2.0, size=4).astype(np.float64)
     a0, b0 = 1.0, 0.5
     a, b = a0 + y.sum(), b0 + y.size
-    return Conjugate(gamma_poisson_model, tuple(map(_tensor, (y, a0, b0))),
-                     {"lam": (float(a / b), float(np.sqrt(a) / b))},
-                     "Poisson rate from 4 counts, gamma prior: skewed gamma posterior")
+    return Conjugate(
+        gamma_poisson_model,
+        tuple(map(_tensor, (y, a0, b0))),
+        {"lam": (float(a / b), float(np.sqrt(a) / b))},
+        "Poisson rate from 4 counts, gamma prior: skewed gamma posterior",
+    )
 
 
 # where NUTS (500 warmup steps, 1000 draws, one core) takes under ~20 s; the others take 30-70 s

@@ -20,6 +20,7 @@ of which would otherwise walk the loop forwards and backwards in T small autogra
 may arrive as float32 (the default dtype) while the data are float64: matrix products promote
 explicitly.
 """
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -83,9 +84,17 @@ def nes(partyid7, real_ideo, race_adj, age30_44, age45_64, age65up, educ1, gende
     """
     beta = _flat("beta", constraints.real, (9,))
     sigma = _flat("sigma", constraints.positive)
-    mean = (beta[..., 0] + beta[..., 1] * real_ideo + beta[..., 2] * race_adj + beta[..., 3] * age30_44
-            + beta[..., 4] * age45_64 + beta[..., 5] * age65up + beta[..., 6] * educ1 + beta[..., 7] * gender
-            + beta[..., 8] * income)
+    mean = (
+        beta[..., 0]
+        + beta[..., 1] * real_ideo
+        + beta[..., 2] * race_adj
+        + beta[..., 3] * age30_44
+        + beta[..., 4] * age45_64
+        + beta[..., 5] * age65up
+        + beta[..., 6] * educ1
+        + beta[..., 7] * gender
+        + beta[..., 8] * income
+    )
     with pyro.plate("data", partyid7.shape[0]):
         pyro.sample("partyid7", dist.Normal(mean, sigma), obs=partyid7)
 
@@ -164,7 +173,7 @@ def garch11(y, sigma1):
     beta1 = pyro.deterministic("beta1", (1 - alpha1) * beta1_raw)
     T = y.shape[0]
     shocks = alpha0 + alpha1 * (y[:-1] - mu) ** 2
-    c = torch.cat([(sigma1 ** 2).expand(1).to(shocks), shocks])
+    c = torch.cat([(sigma1**2).expand(1).to(shocks), shocks])
     variance = _linear_recursion(beta1.to(c.dtype), c)
     with pyro.plate("data", T):
         pyro.sample("y", dist.Normal(mu, variance.sqrt()), obs=y)
@@ -211,7 +220,7 @@ def gp_pois_regr(x, k):
     alpha = pyro.sample("alpha", dist.HalfNormal(x.new_tensor(2.0)))
     f_tilde = pyro.sample("f_tilde", dist.Normal(x.new_zeros(x.shape[0]), 1.0).to_event(1))
     sq_dist = (x.unsqueeze(1) - x.unsqueeze(0)) ** 2
-    cov = alpha ** 2 * torch.exp(-sq_dist / (2 * rho ** 2)) + 1e-10 * torch.eye(x.shape[0], dtype=x.dtype)
+    cov = alpha**2 * torch.exp(-sq_dist / (2 * rho**2)) + 1e-10 * torch.eye(x.shape[0], dtype=x.dtype)
     f = pyro.deterministic("f", torch.linalg.cholesky(cov) @ f_tilde.to(x.dtype))
     with pyro.plate("data", k.shape[0]):
         pyro.sample("k", dist.Poisson(f.exp()), obs=k)
@@ -242,10 +251,9 @@ def hmm_example(y):
     mu = _flat("mu", constraints.positive_ordered_vector, (2,))
     theta = pyro.deterministic("theta", torch.stack([theta1, theta2]))
     pyro.factor("mu_prior", dist.Normal(3.0, 1.0).log_prob(mu[0]) + dist.Normal(10.0, 1.0).log_prob(mu[1]))
-    log_emit = dist.Normal(mu, 1.0).log_prob(y.unsqueeze(-1))                  # [N, K]
-    steps = theta.log() + log_emit[1:].unsqueeze(-2)                           # M_t [N - 1, K, K]
-    pyro.factor("forward", torch.logsumexp(log_emit[0].unsqueeze(-1) + _log_matmul_chain(steps),
-                                           dim=(-2, -1)))
+    log_emit = dist.Normal(mu, 1.0).log_prob(y.unsqueeze(-1))  # [N, K]
+    steps = theta.log() + log_emit[1:].unsqueeze(-2)  # M_t [N - 1, K, K]
+    pyro.factor("forward", torch.logsumexp(log_emit[0].unsqueeze(-1) + _log_matmul_chain(steps), dim=(-2, -1)))
 
 
 def _log_matmul_chain(m):
@@ -253,6 +261,6 @@ def _log_matmul_chain(m):
     neighbours are multiplied pairwise until one matrix is left (an odd one out waits a round)."""
     while m.shape[0] > 1:
         h = m.shape[0] // 2
-        pairs = torch.logsumexp(m[0:2 * h:2].unsqueeze(-1) + m[1:2 * h:2].unsqueeze(-3), dim=-2)
-        m = torch.cat([pairs, m[2 * h:]])
+        pairs = torch.logsumexp(m[0 : 2 * h : 2].unsqueeze(-1) + m[1 : 2 * h : 2].unsqueeze(-3), dim=-2)
+        m = torch.cat([pairs, m[2 * h :]])
     return m[0]
