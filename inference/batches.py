@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from .common import generator
 from .errors import InvalidInputError, check_positive
 from .objectives import scale_plate
 
@@ -37,7 +38,7 @@ class Batches:
         self.per_epoch = self.n // self.batch_size  # drop the ragged last batch: constant shapes for jit
         self.scale = self.total / self.batch_size
         self.device = next(a for a in data if torch.is_tensor(a)).device
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = generator(seed)
         self.perm, self.pos = None, self.per_epoch
 
     def first(self):

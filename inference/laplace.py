@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import verdict
+from .common import generator
 from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
 from .potential import ModelPotential
 from .result import Fit
@@ -244,7 +245,7 @@ def _make_fit(U, u, value, grad, H, L, losses, converged, n_iter, out_dtype):
 
     def sample(num_samples, seed):
         """u ~ N(u*, H^-1) [n, d] and log q(u) [n], from seeded standard normals."""
-        eps = torch.randn(num_samples, d, generator=torch.Generator().manual_seed(seed), dtype=u.dtype)
+        eps = torch.randn(num_samples, d, generator=generator(seed), dtype=u.dtype)
         # H = L Lᵀ, so u* + L⁻ᵀ eps has covariance L⁻ᵀ L⁻¹ = H⁻¹
         draws = u + torch.linalg.solve_triangular(L.T, eps.T, upper=True).T
         log_q = -0.5 * (eps**2).sum(-1) - 0.5 * d * math.log(2 * math.pi) + 0.5 * log_det

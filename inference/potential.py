@@ -34,6 +34,7 @@ from pyro.infer.autoguide.initialization import InitMessenger, init_to_median, i
 from pyro.infer.mcmc.util import initialize_model
 
 from .capture import CaptureError, capture
+from .common import generator
 from .errors import InvalidInputError
 from .init import improper_priors_start_at_zero
 
@@ -133,7 +134,7 @@ class FlatPotential:
 
     def _check(self, fn, z0):
         """Where the graph and Pyro's potential differ, as text ("" where they agree at every point)."""
-        g = torch.Generator().manual_seed(0)
+        g = generator(0)
         points = [z0] + [
             z0 + _CHECK_SCALE * torch.randn(z0.shape, generator=g, dtype=z0.dtype) for _ in range(_CHECK_POINTS)
         ]

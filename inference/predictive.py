@@ -20,6 +20,9 @@ All draws of a chunk run at once in a plate of draws left of the model's own pla
 replayed both ways and compared; where they differ, or the batched run fails, every draw runs on its own,
 through a captured graph of one draw's tensor operations (:mod:`inference.capture`) where there are enough
 draws to repay capturing it and it gives, at another draw, what the model gives.
+
+The file runs just past 400 lines: the replay of a model at posterior draws, its batched and captured
+variants and the checks between them are one piece.
 """
 
 import inspect

@@ -17,7 +17,7 @@ import torch
 import xarray as xr
 
 from . import predictive, verdict
-from .common import az, to_numpy
+from .common import az, generator, to_numpy
 from .errors import InvalidInputError, check_positive
 
 
@@ -105,7 +105,7 @@ class Fit:
         probs = torch.as_tensor(np.exp(smoothed - smoothed.max()))
 
         def draw(num_samples, seed=0):
-            g = torch.Generator().manual_seed(seed)
+            g = generator(seed)
             idx = torch.multinomial(probs, num_samples, replacement=True, generator=g)
             return {k: v[idx] for k, v in proposals.items()}
 

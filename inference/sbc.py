@@ -29,6 +29,9 @@ or as a required one that only sets shapes (``poutine.uncondition`` draws it ane
 MCMC draws are roughly independent every T/ESS draws (Talts et al. §5.1): ``chains`` are thinned to every
 ceil(T / ESS)-th draw (ESS: the least bulk or tail ESS of any element) and L draws picked among those; a
 fit with fewer than L effective draws, whose autocorrelation alone skews ranks, is counted in the verdict.
+
+The file runs past 400 lines because the simulations, their parallel runner and the result with its plots
+are one check; the uniformity tests live in :mod:`inference.rank_tests`.
 """
 
 import math

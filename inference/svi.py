@@ -34,6 +34,10 @@ Delta autoguide on the full data starts from the Laplace fit (``init="auto"``), 
 steps of the Laplace posterior sds (so ``lr`` is a fraction of a posterior sd, on every scale), and the
 rate anneals to ``lr / 100`` on a cosine (``schedule="cosine"``). The fit ends with its verdict
 (:mod:`inference.verdict`): the loss must have settled, and the guide's PSIS k-hat must not exceed 0.7.
+
+This file runs past 400 lines because SVI's explicit state (``SVIState``, ``SVI``) and the loop, checkpoints
+and verdict that read and write that state are one piece; minibatches and early stopping
+(:mod:`inference.batches`) and the objectives (:mod:`inference.objectives`) live apart.
 """
 
 import contextlib

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from inference.common import generator
 from inference.errors import InvalidInputError
 
 
@@ -223,13 +224,13 @@ def shapes(n=None, size=32, seed=0, grid=None, chunk=4096):
         raise InvalidInputError(f"size must be an integer >= 8, got {size!r}")
     sizes = _shapes_grid(grid)
     total = int(np.prod(list(sizes.values())))
-    generator = torch.Generator().manual_seed(int(seed))
+    gen = generator(seed)
     if n is None:
         index = torch.arange(total)
     else:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total:
             raise InvalidInputError(f"n must be an integer in [1, {total}] (the size of the factor grid), got {n!r}")
-        index = torch.randperm(total, generator=generator)[:n]
+        index = torch.randperm(total, generator=gen)[:n]
     # grid index -> one level per factor (row-major, last factor fastest)
     factors = torch.empty(len(index), len(sizes), dtype=torch.int64)
     rest = index.clone()

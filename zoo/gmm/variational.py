@@ -34,7 +34,8 @@ exact CAVI; ``to_fit`` and the Pyro model are therefore "full" only.
 The Pyro model with the same priors (:func:`zoo.gmm.conjugate.conjugate_model`, for SVI, Laplace, NUTS and
 Pathfinder) and q as an ``inference.result.Fit`` (:meth:`BayesianGaussianMixture.to_fit`, with a PSIS k-hat
 verdict) are in ``zoo.gmm.conjugate``; the formulas that differ by covariance type and weight prior are the
-tables of ``zoo.gmm.cavi``.
+tables of ``zoo.gmm.cavi``. The file runs past 400 lines because it is the one estimator, read top to bottom,
+and about half of it is docstrings.
 """
 
 import math

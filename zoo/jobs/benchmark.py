@@ -25,6 +25,9 @@ the weights): the base fit's warnings belong to the base row.
 Files in ``out``: results.csv (one row per cell, rewritten atomically after every cell, so an interrupted
 run keeps every cell it finished and ``resume=True`` goes on from there), and at the end heatmap.png
 (methods x posteriors, colour = max |error|) and table.md (the same as a markdown table).
+
+The file runs past 400 lines because the method table, the scoring, the resumable results file and its
+table and heatmap are one job, read top to bottom; about a third of it is docstrings.
 """
 
 import functools
