@@ -7,22 +7,31 @@
     zoo benchmark [...]            every inference method on every reference posterior, scored
 
 Every command writes into an output folder (``--out``), exits 0 on success, and on bad input prints one
-line ``zoo: error: ...`` and exits 2 (``--debug`` shows the traceback instead).
+line ``zoo: error: ...`` and exits 2 (``--debug`` shows the traceback instead). Each command's options are
+a table of (flag, type, default, help, extra argparse settings); its job is ``zoo.jobs.<name>.main``.
 """
 
 import argparse
 import sys
 
 from inference.errors import InferenceError
-from zoo.arguments import (
-    comma_list,
-    device,
-    nonnegative_float,
-    nonnegative_int,
-    positive_float,
-    positive_floats,
-    positive_int,
-)
+from zoo.arguments import comma_list, device, nonnegative_float, nonnegative_int, positive_float, positive_floats
+from zoo.arguments import positive_int as count
+
+# fmt: off  (the option tables read as tables: one row per line)
+LIST = [
+    (
+        "gmm",
+        "zoo compare gmm",
+        "Gaussian mixture: EM, variational EM, MAP/Bayesian SVI, Laplace, Pathfinder, CAVI "
+        "(--prior conjugate), NUTS side by side",
+    ),
+    ("vae", "zoo fit vae", "variational autoencoder on digits or shapes"),
+    ("beta-vae", "zoo fit beta-vae", "beta-VAE (weighted KL) with disentanglement metrics on shapes"),
+    ("fep", "zoo simulate fep", "free-energy-principle thermostat agent (Buckley et al. 2017)"),
+    ("benchmark", "zoo benchmark", "every inference method on every reference posterior (zoo.posteriordb)"),
+]
+# fmt: on
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,9 +43,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def main(argv=None):
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad argument (2, already printed)
         return e.code
     try:
@@ -51,254 +59,146 @@ def main(argv=None):
         return 130
 
 
+# fmt: off
 def build_parser():
+    from zoo.jobs import benchmark, compare_gmm, fit_vae, simulate_fep
+
     parser = Parser(prog="zoo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = commands.add_parser("list", help="list the models and commands")
-    p.set_defaults(run=_run_list)
-
-    fit = commands.add_parser("fit", help="train a model on built-in or given data")
-    fit_models = fit.add_subparsers(dest="model", required=True, metavar="MODEL")
-    compare = commands.add_parser("compare", help="fit one data set with several inference methods")
-    compare_models = compare.add_subparsers(dest="model", required=True, metavar="MODEL")
-    simulate = commands.add_parser("simulate", help="run a simulation")
-    simulate_models = simulate.add_subparsers(dest="model", required=True, metavar="MODEL")
-
-    _add_compare_gmm(compare_models)
-    _add_fit_vae(fit_models)
-    _add_simulate_fep(simulate_models)
-    _add_benchmark(commands)
+    commands.add_parser("list", help="list the models and commands").set_defaults(run=_run_list)
+    groups = {}
+    for group, text in (("fit", "train a model on built-in or given data"), ("compare", "fit one data set with "
+                        "several inference methods"), ("simulate", "run a simulation")):
+        groups[group] = commands.add_parser(group, help=text).add_subparsers(dest="model", required=True,
+                                                                             metavar="MODEL")
+    _command(groups["compare"], "gmm", "zoo-out/gmm", compare_gmm.main, _gmm_options(compare_gmm),
+             "compare inference methods on a Gaussian mixture",
+             "Fit one mixture data set by EM, variational EM, MAP-SVI, Bayesian SVI, Laplace, Pathfinder, CAVI "
+             "(conjugate prior) and NUTS; print a comparison table and write figures, the table (CSV) and every "
+             "fit's InferenceData (netCDF) to --out.")
+    for name, beta, data in (("vae", 1.0, "digits"), ("beta-vae", 4.0, "shapes")):
+        _command(groups["fit"], name, f"zoo-out/{name}", fit_vae.main, _vae_options(beta, data),
+                 f"train a {name} and evaluate it (ELBO, IWAE, KL split, MIG)",
+                 f"Train a {name} on built-in images with minibatch SVI, then write figures, summary.json, "
+                 "model.pt and a resumable checkpoint.pt to --out.")
+    _command(groups["simulate"], "fep", "zoo-out/fep", simulate_fep.main, FEP_OPTIONS,
+             "simulate the free-energy-principle thermostat agent",
+             "The thermostat agent of Buckley et al. 2017: perception and action as free-energy minimisation. "
+             "Defaults are the paper's constants; writes trajectory.csv and trajectory.png (and sweep.csv, "
+             "sweep.png with --sweep).")
+    _command(commands, "benchmark", "zoo-out/benchmark", benchmark.main, _benchmark_options(benchmark),
+             "every inference method on every reference posterior",
+             "Fit every reference posterior of zoo.posteriordb with every inference method, score each fit's "
+             "means and sds against the reference, and write results.csv (after every fit), heatmap.png and "
+             "table.md to --out.")
     return parser
+# fmt: on
 
 
-def _common(p, out):
+def _command(commands, name, out, run, options, summary, description):
+    """One command: its parser, the options every command has, its own ``options`` table, and its job."""
+    p = commands.add_parser(name, help=summary, description=description)
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     # SUPPRESS: an absent leaf flag must not overwrite `zoo --debug ...` given before the command
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    for flag, kind, default, text, *extra in options:
+        shown = f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
+        if default is None or default is False or "(default" in text:
+            shown = ""
+        settings = {"type": kind} if kind is not None else {}
+        p.add_argument(flag, default=default, help=text + shown, **settings, **(extra[0] if extra else {}))
+    p.set_defaults(run=run)
 
 
 def _run_list(args):
-    rows = [
-        (
-            "gmm",
-            "zoo compare gmm",
-            "Gaussian mixture: EM, variational EM, MAP/Bayesian SVI, Laplace, Pathfinder, "
-            "CAVI (--prior conjugate), NUTS side by side",
-        ),
-        ("vae", "zoo fit vae", "variational autoencoder on digits or shapes"),
-        ("beta-vae", "zoo fit beta-vae", "beta-VAE (weighted KL) with disentanglement metrics on shapes"),
-        ("fep", "zoo simulate fep", "free-energy-principle thermostat agent (Buckley et al. 2017)"),
-        ("benchmark", "zoo benchmark", "every inference method on every reference posterior (zoo.posteriordb)"),
-    ]
-    for name, command, what in rows:
+    for name, command, what in LIST:
         print(f"{name:10s} {command:22s} {what}")
 
 
-# ---- zoo compare gmm -----------------------------------------
-def _add_compare_gmm(models):
-    """`zoo compare gmm`: the parser; the job is ``zoo.jobs.compare_gmm``."""
-    from zoo.jobs import compare_gmm
-
-    p = models.add_parser(
-        "gmm",
-        help="compare inference methods on a Gaussian mixture",
-        description="Fit one mixture data set by EM, variational EM, MAP-SVI, Bayesian SVI, "
-        "Laplace, Pathfinder, CAVI (conjugate prior) and NUTS; print a comparison "
-        "table and write figures, the table (CSV) and every fit's InferenceData "
-        "(netCDF) to --out.",
-    )
-    _common(p, "zoo-out/gmm")
-    p.add_argument("--csv", metavar="PATH", help="your data: a numeric CSV file (default: built-in synthetic data)")
-    p.add_argument("--columns", type=comma_list(), help="comma list of CSV columns to use (default: all)")
-    p.add_argument("--n-samples", type=positive_int, default=300, help="points of the synthetic data (default: 300)")
-    p.add_argument("--components", type=positive_int, default=3, help="mixture components K (default: 3)")
-    p.add_argument("--dims", type=positive_int, default=2, help="dimensions of the synthetic data (default: 2)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data (default: 0)")
-    p.add_argument("--covariance-type", default="full", choices=["full", "diag", "spherical"])
-    p.add_argument(
-        "--prior",
-        choices=list(compare_gmm.PRIORS),
-        default=compare_gmm.DEFAULT_PRIOR,
-        help="the Bayesian model: lkj (LogNormal scales, LKJ correlations) or conjugate "
-        "(Normal-Wishart, scikit-learn's priors; full covariances; allows cavi) "
-        f"(default: {compare_gmm.DEFAULT_PRIOR})",
-    )
-    p.add_argument(
-        "--methods",
-        type=comma_list(compare_gmm.METHODS),
-        default=None,
-        metavar="A,B",
-        help=f"comma list of methods among {','.join(compare_gmm.METHODS)} (default: all the prior "
-        "allows; cavi needs --prior conjugate)",
-    )
-    p.add_argument("--steps", type=positive_int, default=1000, help="SVI steps for map and svi (default: 1000)")
-    p.add_argument("--num-samples", type=positive_int, default=200, help="NUTS draws (default: 200)")
-    p.add_argument("--warmup", type=nonnegative_int, default=150, help="NUTS warm-up steps (default: 150)")
-    p.set_defaults(run=compare_gmm.main)
+# fmt: off
+def _gmm_options(job):
+    methods = ",".join(job.METHODS)
+    return [
+        ("--csv", None, None, "your data: a numeric CSV file (default: built-in synthetic data)", {"metavar": "PATH"}),
+        ("--columns", comma_list(), None, "comma list of CSV columns to use (default: all)"),
+        ("--n-samples", count, 300, "points of the synthetic data"),
+        ("--components", count, 3, "mixture components K"),
+        ("--dims", count, 2, "dimensions of the synthetic data"),
+        ("--data-seed", int, 0, "seed of the synthetic data"),
+        ("--covariance-type", None, "full", "full, diag or spherical", {"choices": ["full", "diag", "spherical"]}),
+        ("--prior", None, job.DEFAULT_PRIOR, "the Bayesian model: lkj (LogNormal scales, LKJ correlations) or "
+         "conjugate (Normal-Wishart, scikit-learn's priors; full covariances; allows cavi)",
+         {"choices": list(job.PRIORS)}),
+        ("--methods", comma_list(job.METHODS), None, f"comma list of methods among {methods} (default: all the "
+         "prior allows; cavi needs --prior conjugate)", {"metavar": "A,B"}),
+        ("--steps", count, 1000, "SVI steps for map and svi"),
+        ("--num-samples", count, 200, "NUTS draws"),
+        ("--warmup", nonnegative_int, 150, "NUTS warm-up steps"),
+    ]
 
 
-# ---- zoo benchmark ---------------------------------------------------------
-def _add_benchmark(commands):
-    """`zoo benchmark`: the parser; the job is ``zoo.jobs.benchmark``."""
-    from zoo.jobs import benchmark
-
-    p = commands.add_parser(
-        "benchmark",
-        help="every inference method on every reference posterior",
-        description="Fit every reference posterior of zoo.posteriordb with every inference "
-        "method, score each fit's means and sds against the reference, and "
-        "write results.csv (after every fit), heatmap.png and table.md to --out.",
-    )
-    _common(p, "zoo-out/benchmark")
-    p.add_argument(
-        "--posteriors",
-        type=comma_list(benchmark.check_posteriors),
-        default=None,
-        metavar="A,B",
-        help="comma list of posteriors (default: all of zoo.posteriordb)",
-    )
-    p.add_argument(
-        "--methods",
-        type=comma_list(benchmark.check_methods),
-        default=None,
-        metavar="A,B",
-        help="comma list of methods: nuts, laplace, laplace+psis, svi-meanfield, svi-lowrank, "
-        "svi-fullrank, svi-fullrank+psis, svi-flow (default: all but svi-flow)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="keep the cells --out/results.csv already holds (status ok, same seed); run the rest",
-    )
-    p.set_defaults(run=benchmark.main)
-
-
-# ---- zoo fit vae | beta-vae -----------------------------------------------
-def _add_fit_vae(models):
-    """`zoo fit vae|beta-vae`: the parser; the job is ``zoo.jobs.fit_vae``."""
-    from zoo.jobs import fit_vae
+def _vae_options(beta, data):
     from zoo.vae.model import LIKELIHOODS
     from zoo.vae.networks import ARCHITECTURES
 
-    for name, beta, data in (("vae", 1.0, "digits"), ("beta-vae", 4.0, "shapes")):
-        p = models.add_parser(
-            name,
-            help=f"train a {name} and evaluate it (ELBO, IWAE, KL split, MIG)",
-            description=f"Train a {name} on built-in images with minibatch SVI, then "
-            f"write figures, summary.json, model.pt and a resumable "
-            f"checkpoint.pt to --out.",
-        )
-        _common(p, f"zoo-out/{name}")
-        p.add_argument(
-            "--data",
-            nargs="+",
-            default=[data],
-            metavar="KIND [PATH]",
-            help=f"digits (8x8, scikit-learn), shapes (dSprites-like, with known factors) or "
-            f"'mnist IMAGES_IDX [LABELS_IDX]' (default: {data})",
-        )
-        p.add_argument("--n", type=positive_int, default=6000, help="number of shapes images (default: 6000)")
-        p.add_argument("--size", type=positive_int, default=32, help="shapes image size in pixels (default: 32)")
-        p.add_argument("--epochs", type=positive_int, default=50, help="training epochs (default: 50)")
-        p.add_argument("--batch-size", type=positive_int, default=128, help="minibatch size (default: 128)")
-        p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-        p.add_argument("--latent-dim", type=positive_int, default=10, help="size of z (default: 10)")
-        p.add_argument("--beta", type=positive_float, default=beta, help=f"KL weight (default: {beta:g})")
-        p.add_argument(
-            "--anneal-epochs",
-            type=nonnegative_float,
-            default=0,
-            help="ramp the KL weight up from ~0 over this many epochs (default: 0, off)",
-        )
-        p.add_argument(
-            "--likelihood",
-            default="bernoulli",
-            choices=LIKELIHOODS,
-            help="bernoulli, continuous_bernoulli or gaussian (default: bernoulli)",
-        )
-        p.add_argument(
-            "--architecture",
-            default="auto",
-            choices=ARCHITECTURES,
-            help="auto, mlp or conv (default: auto: conv for images, mlp for flat digits)",
-        )
-        p.add_argument(
-            "--patience",
-            type=positive_int,
-            default=10,
-            help="stop after this many epochs without a better held-out ELBO (default: 10)",
-        )
-        p.add_argument("--iwae-k", type=positive_int, default=100, help="samples of the IWAE bound (default: 100)")
-        p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-        p.add_argument(
-            "--nproc",
-            type=positive_int,
-            default=1,
-            help="train in N local processes with data-parallel gradients (gloo on cpu; with "
-            "--device cuda one GPU each); --batch-size is per process (default: 1; under "
-            "torchrun the launcher's processes are used instead)",
-        )
-        p.add_argument(
-            "--resume",
-            action="store_true",
-            help="continue from --out/checkpoint.pt (same settings and --nproc, more --epochs to go on)",
-        )
-        p.set_defaults(run=fit_vae.main)
+    return [
+        ("--data", None, [data], f"digits (8x8, scikit-learn), shapes (dSprites-like, with known factors) or "
+         f"'mnist IMAGES_IDX [LABELS_IDX]' (default: {data})", {"nargs": "+", "metavar": "KIND [PATH]"}),
+        ("--n", count, 6000, "number of shapes images"),
+        ("--size", count, 32, "shapes image size in pixels"),
+        ("--epochs", count, 50, "training epochs"),
+        ("--batch-size", count, 128, "minibatch size"),
+        ("--lr", positive_float, 1e-3, "Adam learning rate"),
+        ("--latent-dim", count, 10, "size of z"),
+        ("--beta", positive_float, beta, "KL weight"),
+        ("--anneal-epochs", nonnegative_float, 0.0, "ramp the KL weight up from ~0 over this many epochs (0: off)"),
+        ("--likelihood", None, "bernoulli", "bernoulli, continuous_bernoulli or gaussian", {"choices": LIKELIHOODS}),
+        ("--architecture", None, "auto", "auto (conv for images, mlp for flat digits), mlp or conv",
+         {"choices": ARCHITECTURES}),
+        ("--patience", count, 10, "stop after this many epochs without a better held-out ELBO"),
+        ("--iwae-k", count, 100, "samples of the IWAE bound"),
+        ("--device", device, "cpu", "cpu, cuda, cuda:N or auto"),
+        ("--nproc", count, 1, "train in N local processes with data-parallel gradients (gloo on cpu; with --device "
+         "cuda one GPU each); --batch-size is per process (under torchrun the launcher's processes are used)"),
+        ("--resume", None, False, "continue from --out/checkpoint.pt (same settings and --nproc, more --epochs to "
+         "go on)", {"action": "store_true"}),
+    ]
 
 
-# ---- zoo simulate fep -----------------------------------------------------
-def _add_simulate_fep(models):
-    """`zoo simulate fep`: the parser; the job is ``zoo.jobs.simulate_fep``."""
-    from zoo.jobs import simulate_fep
+FEP_OPTIONS = [
+    ("--T-desire", float, 4.0, "desired temperature"),
+    ("--sigma-z", positive_float, 0.1, "sensory variance, every order"),
+    ("--sigma-w", positive_float, 0.1, "dynamics variance, every order"),
+    ("--kappa-mu", nonnegative_float, 0.1, "perception rate"),
+    ("--kappa-a", nonnegative_float, 0.01, "action rate"),
+    ("--dt", positive_float, 0.005, "Euler step"),
+    ("--t-end", positive_float, 100.0, "duration"),
+    ("--action-onset", nonnegative_float, 25.0, "act only after this time, at most --t-end"),
+    ("--x0", float, 2.0, "start position of the agent"),
+    ("--T0", positive_float, 100.0, "temperature at x = 0"),
+    ("--order", count, 2, "highest generalized order of beliefs"),
+    ("--noise", nonnegative_float, 0.0, "sd of the sensory noise (0: deterministic; the paper's noisy run: 0.1)"),
+    ("--record-every", count, 1, "keep every k-th step in the table"),
+    ("--sweep", positive_floats, None, "also run one agent per (sigma_z, sigma_w) pair of these comma-separated "
+     "variances (without values: 0.01,0.1,1)", {"nargs": "?", "const": "0.01,0.1,1", "metavar": "VARIANCES"}),
+]
 
-    p = models.add_parser(
-        "fep",
-        help="simulate the free-energy-principle thermostat agent",
-        description="The thermostat agent of Buckley et al. 2017: perception and action as "
-        "free-energy minimisation. Defaults are the paper's constants; writes "
-        "trajectory.csv and trajectory.png (and sweep.csv, sweep.png with --sweep).",
-    )
-    _common(p, "zoo-out/fep")
-    p.add_argument("--T-desire", type=float, default=4.0, help="desired temperature (default: 4)")
-    p.add_argument("--sigma-z", type=positive_float, default=0.1, help="sensory variance, every order (default: 0.1)")
-    p.add_argument("--sigma-w", type=positive_float, default=0.1, help="dynamics variance, every order (default: 0.1)")
-    p.add_argument("--kappa-mu", type=nonnegative_float, default=0.1, help="perception rate (default: 0.1)")
-    p.add_argument("--kappa-a", type=nonnegative_float, default=0.01, help="action rate (default: 0.01)")
-    p.add_argument("--dt", type=positive_float, default=0.005, help="Euler step (default: 0.005)")
-    p.add_argument("--t-end", type=positive_float, default=100.0, help="duration (default: 100)")
-    p.add_argument(
-        "--action-onset",
-        type=nonnegative_float,
-        default=25.0,
-        help="act only after this time, at most --t-end (default: 25)",
-    )
-    p.add_argument("--x0", type=float, default=2.0, help="start position of the agent (default: 2)")
-    p.add_argument("--T0", type=positive_float, default=100.0, help="temperature at x = 0 (default: 100)")
-    p.add_argument("--order", type=positive_int, default=2, help="highest generalized order of beliefs (default: 2)")
-    p.add_argument(
-        "--noise",
-        type=nonnegative_float,
-        default=0.0,
-        help="sd of the sensory noise (default: 0, deterministic; the paper's noisy run: 0.1)",
-    )
-    p.add_argument(
-        "--record-every", type=positive_int, default=1, help="keep every k-th step in the table (default: 1)"
-    )
-    p.add_argument(
-        "--sweep",
-        type=positive_floats,
-        nargs="?",
-        const="0.01,0.1,1",
-        default=None,
-        metavar="VARIANCES",
-        help="also run one agent per (sigma_z, sigma_w) pair of these comma-separated variances "
-        "(default when given without values: 0.01,0.1,1)",
-    )
-    p.set_defaults(run=simulate_fep.main)
+
+def _benchmark_options(job):
+    return [
+        ("--posteriors", comma_list(job.check_posteriors), None, "comma list of posteriors (default: all of "
+         "zoo.posteriordb)", {"metavar": "A,B"}),
+        ("--methods", comma_list(job.check_methods), None, f"comma list of methods: {', '.join(job.METHODS)} "
+         "(default: all but svi-flow)", {"metavar": "A,B"}),
+        ("--resume", None, False, "keep the cells --out/results.csv already holds (status ok, same seed); run the "
+         "rest", {"action": "store_true"}),
+    ]
+
+
+# fmt: on
 
 
 if __name__ == "__main__":
