@@ -28,9 +28,9 @@ def generator(seed, device=None):
     return gen
 
 
-def show_progress(progress):
-    """The ``disable=`` argument of tqdm for a ``progress`` setting: True shows the bar, False hides it,
-    None leaves it to tqdm (shown on a terminal, hidden when the output is not one)."""
+def hide_progress(progress):
+    """The one rule for progress bars, as tqdm's ``disable=`` argument for a ``progress`` setting: True shows
+    the bar, False hides it, None leaves it to tqdm (shown on a terminal, hidden when the output is not one)."""
     return None if progress is None else not progress
 
 

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from . import verdict
-from .common import show_progress
+from .common import hide_progress
 from .draws import guide_sampler, seeded
 from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
 from .objectives import make_elbo
@@ -117,7 +117,7 @@ def variational_em(
 
         losses, converged = [], False
         t0 = time.perf_counter()
-        bar = tqdm(total=max_iter, disable=show_progress(progress), desc="variational EM", leave=False)
+        bar = tqdm(total=max_iter, disable=hide_progress(progress), desc="variational EM", leave=False)
         for it in range(max_iter + 1):
             # E-step
             if guide is None:

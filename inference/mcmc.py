@@ -18,7 +18,6 @@ and ESS apply, and divergent transitions travel with the draws as ``sample_stats
 import functools
 import logging
 import multiprocessing
-import sys
 import time
 import warnings
 
@@ -30,7 +29,7 @@ from pyro.infer.mcmc.util import initialize_model
 from tqdm import tqdm
 
 from . import verdict
-from .common import az, cpu_count, resample
+from .common import az, cpu_count, hide_progress, resample
 from .errors import MODEL_ERRORS, InvalidInputError, check_choice, check_data, check_positive, model_error
 from .init import improper_priors_start_at_zero
 from .nuts_sampler import Sampler
@@ -116,7 +115,6 @@ def nuts(
     check_data(data)
     if init is not None and not isinstance(init, dict) and init != "laplace":
         raise InvalidInputError(f"init must be a dict {{site: constrained value}} or 'laplace', got {init!r}")
-    disable_progbar = (not sys.stderr.isatty()) if progress is None else not progress
     covariance = None
     if init == "laplace":
         from .laplace import laplace
@@ -156,7 +154,7 @@ def nuts(
                 pending,
             )
         with tqdm(
-            total=num_chains * (warmup_steps + num_samples), disable=disable_progbar, desc="nuts", leave=False
+            total=num_chains * (warmup_steps + num_samples), disable=hide_progress(progress), desc="nuts", leave=False
         ) as bar:
             try:
                 runs = _run_chains(sampler, jobs, warmup_steps, num_samples, processes, bar)

@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from . import verdict
-from .common import generator, show_progress
+from .common import generator, hide_progress
 from .errors import InvalidInputError, NonFiniteError, check_data, check_positive
 from .potential import ModelPotential, default_dtype
 from .result import Fit
@@ -127,7 +127,7 @@ def pathfinder(
         U.flat.compile()
         seeds = np.random.SeedSequence(seed).generate_state(num_paths + 1)
         paths = []
-        bar = tqdm(range(num_paths), desc="pathfinder", disable=show_progress(progress))
+        bar = tqdm(range(num_paths), desc="pathfinder", disable=hide_progress(progress))
         for i in bar:
             paths.append(
                 _run_path(U, init is not None, generator(int(seeds[i])), history, max_iter, tol, num_elbo_draws)

@@ -40,7 +40,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm import tqdm
 
 from .capture import CaptureError, capture
-from .common import show_progress, to_numpy
+from .common import hide_progress, to_numpy
 from .draws import seeded
 from .errors import MODEL_ERRORS, InferenceError, InvalidInputError, model_error
 
@@ -143,7 +143,7 @@ class Replay:
             except (*MODEL_ERRORS, AssertionError):
                 self.batched = False  # a later draw the batched run cannot take: all one at a time
         parts, run, start = [], None, time.perf_counter()
-        for s in tqdm(range(S), disable=show_progress(progress), desc=what, leave=False):
+        for s in tqdm(range(S), disable=hide_progress(progress), desc=what, leave=False):
             if s == TIMED_DRAWS and (S - s) * (time.perf_counter() - start) / s > CAPTURE_SECONDS:
                 # a captured replay costs a fraction of a second to build (seconds the first time in a
                 # process), and repays it only over many slow draws

@@ -51,7 +51,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from . import rank_tests, verdict
-from .common import az, cpu_count, resample, show_progress
+from .common import az, cpu_count, hide_progress, resample
 from .errors import (
     MODEL_ERRORS,
     ConvergenceWarning,
@@ -420,7 +420,7 @@ def _forked_simulation(i):
 
 def _run(job, num_simulations, processes, progress):
     """Every simulation's result, in order, here (processes=1) or in forked workers."""
-    bar = tqdm(total=num_simulations, disable=show_progress(progress), desc="sbc", leave=False)
+    bar = tqdm(total=num_simulations, disable=hide_progress(progress), desc="sbc", leave=False)
     threads, results, pool = torch.get_num_threads(), [], None
     _FORKED.update(job)
     try:

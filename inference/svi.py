@@ -60,7 +60,7 @@ from . import verdict
 from .batches import Batches, EarlyStopping
 from .capture import CapturedStep, CaptureError
 from .checkpoint import load_checkpoint, save_checkpoint
-from .common import show_progress
+from .common import hide_progress
 from .draws import can_vectorize, guide_sampler, has_point_masses, importance_weights, local_latents
 from .errors import (
     MODEL_ERRORS,
@@ -535,7 +535,7 @@ def svi(
         bar = tqdm(
             total=steps,
             initial=state.step,
-            disable=quiet or show_progress(progress),
+            disable=quiet or hide_progress(progress),
             desc="svi",
             dynamic_ncols=True,
             leave=False,

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from inference.common import generator, show_progress
+from inference.common import generator, hide_progress
 from inference.errors import InvalidInputError, NonFiniteError, check_positive
 
 from .model import GenerativeModel
@@ -103,7 +103,7 @@ def integrate(
             records[name][row] = value
 
     record(0, world_state, s, a)
-    bar = tqdm(total=n_steps - 1, disable=show_progress(progress), desc="fep", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=n_steps - 1, disable=hide_progress(progress), desc="fep", dynamic_ncols=True, leave=False)
     # an affine model's step needs no autograd, so none of its bookkeeping in the time loop; a general f or g
     # takes its derivatives by autograd
     with bar, torch.inference_mode(model.is_affine):

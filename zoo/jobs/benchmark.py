@@ -41,6 +41,7 @@ import pandas as pd
 from tqdm import tqdm
 
 import inference
+from inference.common import hide_progress
 from inference.diagnostics import flat_elements, posterior_draws
 from inference.errors import ConvergenceWarning, InvalidInputError
 from inference.files import atomic_write_text
@@ -183,9 +184,7 @@ def run_benchmark(posteriors=None, methods=None, out=None, seed=0, progress=None
     rows = dict(done)
     todo = [(p, m) for p in posteriors for m in methods if (p.name, m) not in done]
 
-    bar = tqdm(
-        todo, desc="benchmark", unit="cell", dynamic_ncols=True, disable=None if progress is None else not progress
-    )
+    bar = tqdm(todo, desc="benchmark", unit="cell", dynamic_ncols=True, disable=hide_progress(progress))
     try:
         for posterior, method in bar:
             bar.set_postfix_str(f"{posterior.name} / {method}")
