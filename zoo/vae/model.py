@@ -14,7 +14,6 @@ The file runs past 400 lines because it is the one class, read top to bottom (ne
 the Pyro pair, ``fit``, encoding and sampling, files), and about half of its lines are docstrings.
 """
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -24,7 +23,7 @@ import inference
 from inference.checkpoint import load_checkpoint, save_checkpoint
 from inference.common import generator
 from inference.distributed import svi_settings
-from inference.errors import CheckpointError, InvalidInputError, check_choice, check_positive
+from inference.errors import CheckpointError, InvalidInputError, check_array, check_choice, check_positive
 
 from . import evaluation
 from .networks import ARCHITECTURES, make_networks, pick_architecture
@@ -114,26 +113,20 @@ class VAE:
     def check_data(self, x, name="x", values=True):
         """Return ``x`` as a float tensor on the networks' device after checking it fits this model.
 
-        Checks: a tensor (or array) of floats with a batch dim, the item shape the networks were built
-        for, finite values and, with ``values``, the likelihood's support ([0, 1] for the Bernoullis).
+        Checks: numbers, finite and not empty (``inference.errors.check_array``, the project's one data
+        validator), a batch dim, the item shape the networks were built for and, with ``values``, the
+        likelihood's support ([0, 1] for the Bernoullis).
 
         Args:
             x: data [n, *item], a tensor or array.
             name: the argument's name in error messages.
-            values: also check the values (finite, in the likelihood's support).
+            values: also check that the values lie in the likelihood's support.
 
         Returns:
             float tensor [n, *item] on ``self.device``.
         """
-        if not torch.is_tensor(x):
-            try:
-                x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-            except (TypeError, ValueError):
-                raise InvalidInputError(
-                    f"{name} must be a tensor or array of numbers, got {type(x).__name__}"
-                ) from None
-        if not x.is_floating_point():
-            x = x.float()
+        floating = torch.is_tensor(x) and x.is_floating_point()
+        x = check_array(x, name, dtype=None if floating else torch.get_default_dtype())
         if x.dim() < 2 or x.numel() == 0:
             raise InvalidInputError(
                 f"{name} must have shape [n, features] or [n, channels, height, width] "
@@ -148,17 +141,13 @@ class VAE:
             raise InvalidInputError(
                 f"{name} has items of shape {tuple(x.shape[1:])}, but the networks were built for {self.item_shape_}"
             )
-        if values:
-            bad = (~torch.isfinite(x)).sum().item()
-            if bad:
-                raise InvalidInputError(f"{name} contains {bad} NaN or infinite value(s)")
-            if self.likelihood != "gaussian":
-                lo, hi = x.min().item(), x.max().item()
-                if lo < 0 or hi > 1:
-                    raise InvalidInputError(
-                        f"likelihood={self.likelihood!r} needs {name} in [0, 1], but its values span "
-                        f"[{lo:.4g}, {hi:.4g}]; rescale the data or use likelihood='gaussian'"
-                    )
+        if values and self.likelihood != "gaussian":
+            lo, hi = x.min().item(), x.max().item()
+            if lo < 0 or hi > 1:
+                raise InvalidInputError(
+                    f"likelihood={self.likelihood!r} needs {name} in [0, 1], but its values span "
+                    f"[{lo:.4g}, {hi:.4g}]; rescale the data or use likelihood='gaussian'"
+                )
         return x.to(self.device)
 
     def _ready(self, x):
