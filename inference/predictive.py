@@ -124,7 +124,12 @@ class Replay:
 
     # ---- the two quantities, over all draws ----------------------------------------------------------
     def log_likelihood(self, progress=None):
-        """Pointwise log-likelihood: {observed site: tensor [S, *shapes[site]]}, enumerated sites summed out."""
+        """Pointwise log-likelihood: {observed site: tensor [S, *shapes[site]]}, enumerated sites summed out.
+
+        A point estimate (every draw the same θ, as EM, MAP and variational EM give) is replayed once."""
+        if self.num_draws > 1 and all(bool((v == v[:1]).all()) for v in self.draws.values()):
+            first = self._log_lik(self._single(0), 0, "at the point estimate")
+            return {n: v.expand(self.num_draws, *v.shape) for n, v in first.items()}
         return self._over_draws(self._log_lik, progress, "log-likelihood")
 
     def posterior_predictive(self, seed=0, progress=None):
