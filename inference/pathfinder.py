@@ -228,13 +228,6 @@ class LowRankNormal:
         return -0.5 * (self.log_det + quad + self.dim * math.log(2 * math.pi))
 
 
-def _log_density(U, u):
-    """log p(x, T⁻¹(u)) + log det J = -U(u) at each row of u [n, d] -> [n]; -inf where U is not finite."""
-    values = [U.flat(row)[0] for row in u.numpy()]
-    out = -torch.tensor(values, dtype=torch.float64)
-    return torch.where(torch.isnan(out), -math.inf, out)
-
-
 def _start(U, given, gen):
     """A start u0 [d]: uniform(-2, 2) on the sites without a given value; None if U is never finite."""
     random = torch.ones(U.dim, dtype=torch.bool)
@@ -347,7 +340,7 @@ def _run_path(U, given, gen, history, max_iter, tol, num_elbo_draws):
             elbos.append(-math.inf)
             continue
         draws, log_q = normal.sample(num_elbo_draws, gen)
-        elbo = float((_log_density(U, draws) - log_q).mean())
+        elbo = float((-U.many(draws) - log_q).mean())
         elbos.append(elbo if not math.isnan(elbo) else -math.inf)
         if elbos[-1] > best:
             best, path["normal"], path["best_iteration"] = elbos[-1], normal, step
@@ -390,7 +383,7 @@ def _make_fit(U, paths, num_draws, seed, max_iter, out_dtype):
     def importance(num_samples, seed=0):
         with default_dtype(torch.float64), pyro.validation_enabled(False):
             draws, log_q = mixture.sample(num_samples, generator(seed))
-            log_w = (_log_density(U, draws) - log_q).numpy()
+            log_w = (-U.many(draws) - log_q).numpy()
         return {n: v.to(out_dtype) for n, v in U.constrain(draws).items()}, log_w
 
     pool, log_weights = importance(len(ok) * num_draws, seed)

@@ -266,13 +266,14 @@ class ModelPotential:
             return self.potential_fn(self.unflatten(u))
 
     def many(self, u):
-        """U at each row of u [n, d] -> [n], without gradients. (A row at a time: Pyro's tracing reads
-        ``tensor.data``, which torch.func.vmap forbids; the potential compiled on the first call makes a
-        row cheap. L-BFGS's few dozen calls do not repay a capture.)"""
+        """U at each row of u [n, d] -> [n], without gradients; inf outside the density's domain (singular
+        matrices, or U not a number there), so that such a draw gets zero importance weight. (A row at a
+        time: Pyro's tracing reads ``tensor.data``, which torch.func.vmap forbids; the potential compiled on
+        the first call makes a row cheap. L-BFGS's few dozen calls do not repay a capture.)"""
         with default_dtype(self.dtype), pyro.validation_enabled(False), torch.no_grad():
             self.flat.compile()
-            values = [self.flat.value_and_grad(x.to(self.flat.dtype))[0] for x in u]
-        return torch.stack(values).to(self.dtype)
+            values = torch.tensor([self.flat(x.detach().double().cpu().numpy())[0] for x in u], dtype=self.dtype)
+        return torch.where(torch.isnan(values), torch.inf, values)
 
     def constrain(self, u):
         """Flat u [..., d] -> {site: constrained value [..., *site_shape]}."""

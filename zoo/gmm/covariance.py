@@ -160,9 +160,8 @@ class Spherical(Diag):
         return cov[:, None, None] * torch.eye(D, dtype=cov.dtype, device=cov.device)
 
     def likelihood(self, means, factor):
-        """``factor`` is σ [..., K] (the Pyro site) or [..., K, D]: broadcast over the D dimensions."""
-        sd = factor if factor.shape == means.shape else factor.unsqueeze(-1).expand(means.shape)
-        return dist.Normal(means, sd).to_event(1)
+        """``factor`` is the Pyro site's σ [..., K], one per component: broadcast over the D dimensions."""
+        return dist.Normal(means, factor.unsqueeze(-1).expand(means.shape)).to_event(1)
 
     def site_factor(self, factor):
         return "scales", factor[..., 0]

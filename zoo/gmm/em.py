@@ -107,20 +107,18 @@ class Features:
         return iter(self.cache) if self.cache is not None else self._build()
 
 
-def em_pass(feats, eta, want_resp=False):
+def em_pass(feats, eta):
     """One E-step over the data.
 
     Returns:
-        (mean log-likelihood per point, statistics S [K, F], responsibilities [N, K] or None).
+        (mean log-likelihood per point, statistics S [K, F]).
     """
-    total, stats, resps = 0.0, 0.0, []
+    total, stats = 0.0, 0.0
     for phi in feats:
         log_norm, resp = e_step(phi, eta)
         total = total + log_norm.sum(dtype=torch.float64)
         stats = stats + sufficient_statistics(phi, resp)
-        if want_resp:
-            resps.append(resp)
-    return float(total) / feats.X.shape[0], stats, (torch.cat(resps) if want_resp else None)
+    return float(total) / feats.X.shape[0], stats
 
 
 def score_pass(feats, eta):

@@ -182,7 +182,7 @@ class GaussianMixture:
         trace, n_iter, converged = [], 0, False
         for it in range(self.max_iter + 1):
             eta = em.natural_parameters(weights, means, factor, self.covariance_type).to(feats.X.dtype)
-            ll, stats, _ = em.em_pass(feats, eta)
+            ll, stats = em.em_pass(feats, eta)
             if self.distributed:
                 ll, stats = em.sum_over_ranks(ll, stats, feats.X.shape[0], n_total)
             if not math.isfinite(ll):
