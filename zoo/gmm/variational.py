@@ -57,6 +57,7 @@ from inference.errors import (
 
 from . import conjugate
 from .cavi import COVARIANCES, INIT_PARAMS, WEIGHT_PRIORS, initial_resp, like
+from .covariance import COVARIANCES as STRUCTURES
 
 _EPS = 10 * torch.finfo(torch.float64).eps  # added to N_k, as scikit-learn does, so empty components stay finite
 _PRIOR_NAMES = (
@@ -412,12 +413,9 @@ class BayesianGaussianMixture:
         K, D = self.means_.shape
         z = torch.multinomial(self.weights_, n_samples, replacement=True, generator=gen)
         eps = torch.randn(n_samples, D, generator=gen, dtype=torch.float64)
-        cov = {
-            "full": self.covariances_,
-            "diag": torch.diag_embed(self.covariances_),
-            "spherical": self.covariances_[:, None, None] * torch.eye(D, dtype=torch.float64),
-        }[self.covariance_type]
-        return self.means_[z] + (torch.linalg.cholesky(cov)[z] @ eps.unsqueeze(-1)).squeeze(-1), z
+        structure = STRUCTURES[self.covariance_type]  # the covariance structures GaussianMixture samples with
+        factor, _ = structure.factor(self.covariances_, D)
+        return self.means_[z] + structure.noise(factor[z], eps), z
 
     # -- the posterior as draws, and its Pyro model -----------------------------------------------------------
     def _check_conjugate(self, what):
